@@ -1,0 +1,103 @@
+"""What `avanon run` does with a recipe: build the dataset adapter, then write one mirror per anonymize entry."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from dataset_adapters import build_adapter
+from avanon.imageio import atomic_write_bytes
+from avanon.mirror import MirrorJob, MirrorSummary, write_mirror
+from avanon.recipe import RecipeError
+
+
+def mirror_root(recipe: dict) -> Path:
+    """Mirrors of a recipe live in OUTPUT_ROOT/ADAPTER/NAME (e.g. /data/anon/cityscapes/body_mask_out)."""
+    return Path(recipe["output"]["root"]) / recipe["dataset"]["adapter"]
+
+
+def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[tuple[dict, MirrorJob]]:
+    """One MirrorJob per selected anonymize entry; region settings are validated here, naming the recipe key."""
+    from avanon.regions import RegionConfigError, build_region_selector
+
+    src = recipe.get("_source", "recipe")
+    entries = recipe["anonymize"]
+    if only:
+        names = {e["name"] for e in entries}
+        missing = [n for n in only if n not in names]
+        if missing:
+            raise RecipeError(f"{src}: --only {missing[0]}: no anonymize entry has that name; have: {', '.join(sorted(names))}")
+        entries = [e for e in entries if e["name"] in only]
+    out = []
+    for entry in entries:
+        kind = entry["region"]
+        try:
+            selector = build_region_selector(kind, recipe["regions"][kind], recipe["filters"], adapter.root,
+                                             adapter.target_categories)
+        except RegionConfigError as exc:
+            raise RecipeError(f"{src}: regions.{kind} / filters: {exc}") from None
+        job = MirrorJob(
+            source_root=str(adapter.root.resolve()),
+            out_dir=str(mirror_root(recipe) / entry["name"]),
+            region=kind,
+            region_params=recipe["regions"][kind],
+            filters=recipe["filters"],
+            target_categories=tuple(adapter.target_categories),
+            method=entry["method"],
+            method_params=entry["params"],
+            seed=recipe["seed"],
+            exif_frame=recipe["output"]["exif_frame"],
+            jpeg_quality=recipe["output"]["jpeg_quality"],
+            png_compression=recipe["output"]["png_compression"],
+            region_description=selector.describe(),
+        )
+        out.append((entry, job))
+    return out
+
+
+def format_summary(name: str, s: MirrorSummary) -> str:
+    rate = (s.images - s.resumed) / s.seconds if s.seconds > 0 else 0.0
+    head = "plan" if s.dry_run else "done"
+    lines = [f"{name}: {head}: {s.images} images ({s.anonymized} anonymized, {s.copied} copied unchanged, "
+             f"{s.failed} failed, {s.resumed} already done), {s.instances_anonymized} instances anonymized, "
+             f"{s.tree_files_copied} other files {'to copy' if s.dry_run else 'copied'}, {s.seconds:.1f} s "
+             f"({rate:.2f} img/s)"]
+    if s.skip_reasons:
+        lines.append("  instances left alone: " + ", ".join(f"{k} {v}" for k, v in sorted(s.skip_reasons.items())))
+    if s.unannotated:
+        lines.append(f"  {s.unannotated} images of the split have no annotation and were left out of the mirror")
+    for p in s.dataset_problems[:5]:
+        lines.append(f"  dataset problem: {p}")
+    for f, err in s.failures[:10]:
+        lines.append(f"  FAILED {f}: {err}")
+    if len(s.failures) > 10:
+        lines.append(f"  ... and {len(s.failures) - 10} more failures (see manifest.jsonl)")
+    if not s.dry_run:
+        lines.append(f"  mirror: {s.out_dir}")
+    return "\n".join(lines)
+
+
+def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry_run: bool = False,
+               only: Optional[list[str]] = None, progress: bool = True) -> int:
+    ds = recipe["dataset"]
+    adapter = build_adapter(ds["adapter"], ds["root"], ds["split"], **ds["options"])
+    jobs = make_jobs(recipe, adapter, only)
+    if not jobs:
+        print(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
+        return 0
+    dataset_info = dict(ds, root=str(Path(ds["root"]).resolve()))
+    failed = 0
+    for entry, job in jobs:
+        run_info = {"dataset": dataset_info, "recipe": {k: v for k, v in recipe.items() if k != "_source"},
+                    "recipe_file": recipe.get("_source"), "mirror": entry["name"],
+                    "copy_unannotated": recipe["output"]["copy_unannotated"], "link": recipe["output"]["link"]}
+        summary = write_mirror(adapter, job, link=recipe["output"]["link"], workers=workers or recipe["workers"],
+                               shard=shard, dry_run=dry_run, copy_unannotated=recipe["output"]["copy_unannotated"],
+                               run_info=run_info, progress=progress)
+        print(format_summary(entry["name"], summary), flush=True)
+        failed += summary.failed
+        if not dry_run:
+            name = "summary.json" if shard[1] == 1 else f"summary-{shard[0]}of{shard[1]}.json"
+            atomic_write_bytes(Path(job.out_dir) / name,
+                               (json.dumps(summary.to_dict(), indent=2, default=str) + "\n").encode())
+    return 1 if failed else 0

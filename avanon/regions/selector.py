@@ -1,0 +1,134 @@
+"""The one entry point the mirror writer and `verify` use: build a selector from the recipe, then select per image.
+
+A selector is pure given its configuration (no randomness), so mirrors are reproducible, and `describe()` records
+every resolved parameter in the manifest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from avanon.regions.base import Region, Selection
+from avanon.regions.body import BodyParams, body_region, parse_body_params
+from avanon.regions.face import FACE_PROVIDERS, FaceBox, FaceParams, clip_face_box, face_region, parse_face_params
+from avanon.regions.filters import Candidate, FilterConfig, RegionConfigError, apply_filters, parse_filters
+from avanon.regions.matching import greedy_match, iou_matrix
+from dataset_adapters.base import ImageRecord
+
+KINDS = ("body", "face")
+
+
+def _finish(record: ImageRecord, regions: list[Region], skipped: list[tuple[str, str]]) -> Selection:
+    """Paste order: ascending area, stable (ties keep record order); skips in record order."""
+    order = {inst.instance_id: i for i, inst in enumerate(record.instances)}
+    regions = sorted(regions, key=lambda r: r.area)
+    skipped = sorted(skipped, key=lambda s: order.get(s[0], len(order)))
+    return Selection(regions=regions, skipped=skipped)
+
+
+class RegionSelector:
+    kind: str
+
+    def __init__(self, filters: FilterConfig):
+        self.filters = filters
+
+    def select(self, record: ImageRecord, image: Optional[np.ndarray] = None) -> Selection:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        raise NotImplementedError
+
+
+class BodySelector(RegionSelector):
+    """Dilated full-body masks (deepprivacy2.md §3.2)."""
+
+    kind = "body"
+
+    def __init__(self, params: BodyParams, filters: FilterConfig):
+        super().__init__(filters)
+        self.params = params
+
+    def select(self, record, image=None):
+        cands, skipped = apply_filters(record, self.filters)
+        imshape = (record.height, record.width)
+        regions = []
+        for cand in cands:
+            region = body_region(cand, imshape, self.params)
+            if region is None:
+                skipped.append((cand.instance_id, "too_small"))
+            else:
+                regions.append(region)
+        return _finish(record, regions, skipped)
+
+    def describe(self):
+        return {"kind": "body", "params": self.params.describe(), "filters": self.filters.describe()}
+
+
+class FaceSelector(RegionSelector):
+    """One face box per person, FDF128 crops (deepprivacy2.md §1.4, §3.2)."""
+
+    kind = "face"
+
+    def __init__(self, params: FaceParams, filters: FilterConfig, dataset_root: Optional[Path]):
+        super().__init__(filters)
+        self.params = params
+        self.provider = FACE_PROVIDERS.get(params.provider)(params, dataset_root)
+
+    def _assign(self, faces: Sequence[FaceBox], cands: Sequence[Candidate], imshape) -> dict[int, tuple]:
+        """Candidate index -> (face, IoU or None): provider matches first, then greedy IoU matching of the rest."""
+        index = {c.instance_id: j for j, c in enumerate(cands)}
+        assigned: dict[int, tuple] = {}
+        loose = []
+        for face in faces:
+            if face.instance_id is None:
+                loose.append(face)
+            elif face.instance_id in index and index[face.instance_id] not in assigned:
+                assigned[index[face.instance_id]] = (face, None)
+        free = [j for j in range(len(cands)) if j not in assigned]
+        if loose and free:
+            iou = iou_matrix([f.box for f in loose], [cands[j] for j in free], imshape[0], imshape[1])
+            for b, m, value in greedy_match(iou, [f.score for f in loose], self.params.min_iou):
+                assigned[free[m]] = (loose[b], value)
+        return assigned
+
+    def select(self, record, image=None):
+        cands, skipped = apply_filters(record, self.filters)
+        imshape = (record.height, record.width)
+        faces = []
+        if cands:
+            for face in self.provider.boxes(record, image, cands):
+                box = clip_face_box(face.box, *imshape)
+                if box is not None and face.score >= self.params.score_threshold:
+                    faces.append(FaceBox(box, face.score, face.instance_id))
+        assigned = self._assign(faces, cands, imshape)
+        regions = []
+        for j, cand in enumerate(cands):
+            if j not in assigned:
+                skipped.append((cand.instance_id, "no_face"))
+                continue
+            face, iou = assigned[j]
+            regions.append(face_region(face, cand.instance_id, imshape,
+                                       {"iou": iou, "provider": self.params.provider}))
+        return _finish(record, regions, skipped)
+
+    def describe(self):
+        return {"kind": "face", "params": self.params.describe(), "provider": self.provider.describe(),
+                "filters": self.filters.describe()}
+
+
+def build_region_selector(kind: str, params: Optional[dict], filters: Optional[dict],
+                          dataset_root, target_categories: Sequence[str]) -> RegionSelector:
+    """Validate the recipe's region section and build its selector; RegionConfigError names the bad key."""
+    if kind not in KINDS:
+        raise RegionConfigError(f"region.kind: unknown region kind {kind!r}; known: {', '.join(KINDS)}")
+    if params is not None and not isinstance(params, dict):
+        raise RegionConfigError(f"region.{kind}: expected a mapping of parameters, got {params!r}")
+    if filters is not None and not isinstance(filters, dict):
+        raise RegionConfigError(f"region.filters: expected a mapping, got {filters!r}")
+    filter_cfg = parse_filters(filters, target_categories)
+    root = Path(dataset_root) if dataset_root is not None else None
+    if kind == "body":
+        return BodySelector(parse_body_params(params), filter_cfg)
+    return FaceSelector(parse_face_params(params), filter_cfg, root)
