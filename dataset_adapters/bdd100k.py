@@ -1,0 +1,224 @@
+"""BDD100K instance-segmentation adapter (10k subset): images `images/10k/{split}/*.jpg` with labels from
+bitmask PNGs, the Scalabel RLE JSON or the COCO-format JSON the reference used.
+
+Records follow the images on disk, so an image that the label source does not cover is reported as a problem
+instead of silently passing through un-anonymized.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Optional
+
+import numpy as np
+from PIL import Image
+
+from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+from dataset_adapters.coco import CocoIndex, decode_segmentation, index_coco_json, instances_of_image, load_json
+
+LABEL_SOURCES = ("auto", "bitmask", "rle", "cocofmt")
+# BDD100K ins_seg leaf categories in config order; the bitmask R channel holds the position + 1.
+INS_SEG_CATEGORIES = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+HUMAN_CATEGORIES = ("pedestrian", "rider")
+_HUMAN_IDS = tuple(INS_SEG_CATEGORIES.index(name) + 1 for name in HUMAN_CATEGORIES)
+
+
+def instances_from_bitmask(path: Path, width: int, height: int) -> list[Instance]:
+    """Human instances of an RGBA bitmask: R category, G flags, (B << 8) + A instance id (0 = background)."""
+    with Image.open(path) as im:
+        if im.mode != "RGBA":
+            raise ValueError(f"{path.name} has PIL mode {im.mode}, expected RGBA")
+        if im.size != (width, height):
+            raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}, the image is {width}x{height} (w x h)")
+        pixels = np.asarray(im)
+    category, flags = pixels[..., 0], pixels[..., 1]
+    ids = (pixels[..., 2].astype(np.int32) << 8) | pixels[..., 3]
+    human_ids = np.unique(ids[np.isin(category, _HUMAN_IDS) & (ids > 0)])
+    instances = []
+    for iid in human_ids:
+        mask = ids == iid
+        cats, attrs = np.unique(category[mask]), np.unique(flags[mask])
+        if cats.size != 1 or attrs.size != 1:
+            raise ValueError(f"{path.name}: instance {iid} has pixels with different categories or flags")
+        instances.append(Instance.from_full_mask(
+            mask, instance_id=str(int(iid)), category=INS_SEG_CATEGORIES[int(cats[0]) - 1],
+            iscrowd=bool(attrs[0] & 2), ignore=bool(attrs[0] & 1)))
+    return instances
+
+
+def instance_from_scalabel(label: dict, height: int, width: int) -> Instance:
+    """One Scalabel label with an `rle` -> Instance; ValueError when it cannot be decoded."""
+    rle = label.get("rle")
+    if not isinstance(rle, dict):
+        raise ValueError("has no 'rle' object")
+    attributes = label.get("attributes") or {}
+    # Scalabel writes 'ignored'; accept 'ignore' too, as hand-made files use it.
+    ignore = attributes.get("ignored", attributes.get("ignore", False))
+    return Instance.from_full_mask(
+        decode_segmentation(rle, height, width), instance_id=str(label.get("id")), category=label["category"],
+        iscrowd=bool(attributes.get("crowd", False)), ignore=bool(ignore))
+
+
+def index_scalabel_frames(data: Any, path: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Human labels by image file name, plus problems such as a frame listed twice."""
+    frames = data.get("frames") if isinstance(data, dict) else data
+    if not isinstance(frames, list):
+        raise DatasetError(f"{path} is not a Scalabel label file: expected a list of frames or {{'frames': [...]}}")
+    by_name: dict[str, list[dict]] = {}
+    problems = []
+    for i, frame in enumerate(frames):
+        if not isinstance(frame, dict) or not isinstance(frame.get("name"), str):
+            raise DatasetError(f"{path}: frame #{i} has no 'name'")
+        name = PurePosixPath(frame["name"]).name
+        if name in by_name:
+            problems.append(f"{path.name}: frame {name} is listed more than once; the first entry is used")
+            continue
+        labels = frame.get("labels") or []
+        by_name[name] = [lab for lab in labels if isinstance(lab, dict) and lab.get("category") in HUMAN_CATEGORIES]
+    return by_name, problems
+
+
+@ADAPTERS.register("bdd100k")
+class Bdd100kAdapter(DatasetAdapter):
+    """BDD100K 10k images; `labels` picks the label source ('auto': bitmask, then rle, then cocofmt)."""
+
+    name = "bdd100k"
+    target_categories = ("pedestrian",)
+
+    def __init__(self, root: str | Path, split: str, *, labels: str = "auto"):
+        super().__init__(root, split)
+        if labels not in LABEL_SOURCES:
+            raise ValueError(f"bdd100k: labels must be one of {LABEL_SOURCES}, got {labels!r}")
+        self.image_dir = f"images/10k/{split}"
+        if not (self.root / self.image_dir).is_dir():
+            raise DatasetError(f"bdd100k: image directory {self.root / self.image_dir} does not exist")
+        self.sources = {
+            "bitmask": f"labels/ins_seg/bitmasks/{split}",
+            "rle": f"labels/ins_seg/rles/ins_seg_{split}.json",
+            "cocofmt": f"jsons/ins_seg_{split}_cocofmt.json",
+        }
+        self.labels = self._resolve_source(labels)
+        self.label_path = self.root / self.sources[self.labels]
+
+    def _resolve_source(self, labels: str) -> str:
+        exists = {"bitmask": Path.is_dir, "rle": Path.is_file, "cocofmt": Path.is_file}
+        candidates = list(self.sources) if labels == "auto" else [labels]
+        for source in candidates:
+            if exists[source](self.root / self.sources[source]):
+                return source
+        looked = ", ".join(str(self.root / self.sources[s]) for s in candidates)
+        raise DatasetError(f"bdd100k: no {labels} instance-segmentation labels for split {self.split!r}; "
+                           f"looked for {looked}")
+
+    # ------------------------------------------------------------------------------------------- indexes
+
+    @cached_property
+    def _image_names(self) -> list[str]:
+        return sorted(p.name for p in (self.root / self.image_dir).glob("*.jpg") if p.is_file())
+
+    @cached_property
+    def _cocofmt(self) -> Optional[tuple[CocoIndex, dict[str, dict]]]:
+        """The COCO-format JSON (labels in cocofmt mode, image ids for lookup keys in every mode), if present."""
+        path = self.root / self.sources["cocofmt"]
+        if not path.is_file():
+            return None
+        index = index_coco_json(load_json(path), path, HUMAN_CATEGORIES)
+        return index, {PurePosixPath(str(im["file_name"])).name: im for im in index.images}
+
+    @cached_property
+    def _scalabel(self) -> tuple[dict[str, list[dict]], list[str]]:
+        return index_scalabel_frames(load_json(self.label_path), self.label_path)
+
+    def _labelled_names(self) -> list[str]:
+        if self.labels == "bitmask":
+            return [p.stem + ".jpg" for p in self.label_path.glob("*.png")]
+        if self.labels == "rle":
+            return list(self._scalabel[0])
+        return list(self._cocofmt[1])
+
+    def _optional_cocofmt(self) -> tuple[Optional[tuple[CocoIndex, dict[str, dict]]], list[str]]:
+        """Outside cocofmt mode a broken COCO-format file only costs the numeric lookup keys."""
+        if self.labels == "cocofmt":
+            return self._cocofmt, []
+        try:
+            return self._cocofmt, []
+        except DatasetError as e:
+            return None, [f"image ids unavailable: {e}"]
+
+    # ----------------------------------------------------------------------------------------- interface
+
+    def __len__(self) -> int:
+        return len(self._image_names)
+
+    def images(self) -> Iterator[ImageRecord]:
+        cocofmt, _ = self._optional_cocofmt()
+        for name in self._image_names:
+            yield self._record(name, cocofmt)
+
+    def dataset_problems(self) -> list[str]:
+        cocofmt, problems = self._optional_cocofmt()
+        if self.labels == "rle":
+            problems += self._scalabel[1]
+        if self.labels == "cocofmt":
+            problems += cocofmt[0].problems
+        on_disk = set(self._image_names)
+        problems += [f"{self.sources[self.labels]} has labels for {name}, which is not in {self.image_dir}"
+                     for name in sorted(set(self._labelled_names()) - on_disk)]
+        return problems
+
+    def tree_files(self) -> Iterator[str]:
+        subdirs = ["images/10k", "labels/ins_seg"]
+        subdirs += sorted(f"jsons/{p.name}" for p in (self.root / "jsons").glob("ins_seg*") if p.is_file())
+        subdirs += sorted(p.name for p in self.root.glob("*.json") if p.is_file())
+        yield from walk_files(self.root, subdirs)
+
+    # ---------------------------------------------------------------------------------------- per image
+
+    def _record(self, name: str, cocofmt: Optional[tuple[CocoIndex, dict[str, dict]]]) -> ImageRecord:
+        rel = f"{self.image_dir}/{name}"
+        coco_image = cocofmt[1].get(name) if cocofmt else None
+        keys = ((str(coco_image["id"]),) if coco_image else ()) + (name, PurePosixPath(name).stem)
+        record = ImageRecord(image_id=name, file_name=rel, width=0, height=0, lookup_keys=keys)
+        try:
+            with Image.open(self.root / rel) as im:
+                record.width, record.height = im.size
+        except OSError as e:
+            record.problems.append(f"cannot read the size of {rel}: {e}")
+            return record
+        try:
+            record.instances, record.problems = self._decode(name, record.width, record.height, cocofmt)
+        except (ValueError, OSError) as e:
+            record.problems.append(str(e))
+        return record
+
+    def _decode(self, name: str, width: int, height: int, cocofmt) -> tuple[list[Instance], list[str]]:
+        if self.labels == "bitmask":
+            path = self.label_path / f"{PurePosixPath(name).stem}.png"
+            if not path.is_file():
+                return [], [f"missing bitmask {self.sources['bitmask']}/{path.name} for {name}"]
+            return instances_from_bitmask(path, width, height), []
+        if self.labels == "rle":
+            return self._decode_scalabel(name, width, height)
+        return self._decode_cocofmt(name, width, height, cocofmt)
+
+    def _decode_scalabel(self, name: str, width: int, height: int) -> tuple[list[Instance], list[str]]:
+        labels = self._scalabel[0].get(name)
+        if labels is None:
+            return [], [f"{self.sources['rle']} has no frame for {name}"]
+        instances, problems = [], []
+        for label in labels:
+            try:
+                instances.append(instance_from_scalabel(label, height, width))
+            except ValueError as e:
+                problems.append(f"label {label.get('id')}: {e}")
+        return instances, problems
+
+    def _decode_cocofmt(self, name: str, width: int, height: int, cocofmt) -> tuple[list[Instance], list[str]]:
+        index, by_name = cocofmt
+        image = by_name.get(name)
+        if image is None:
+            return [], [f"{self.sources['cocofmt']} has no image entry for {name}"]
+        if (int(image["width"]), int(image["height"])) != (width, height):
+            return [], [f"{self.sources['cocofmt']} says {name} is {image['width']}x{image['height']}, "
+                        f"the file is {width}x{height} (w x h)"]
+        return instances_of_image(index.anns_by_image.get(image["id"], []), index.category_names, height, width)

@@ -1,0 +1,148 @@
+"""Cityscapes adapter: human instances (person, rider and their groups) from gtFine.
+
+Instances come from `*_gtFine_instanceIds.png` (default) or from rasterising `*_gtFine_polygons.json` with
+cityscapesscripts' own `createInstanceImage`, so both routes decode the same pixel encoding
+(`label_id * 1000 + k` per instance, plain `label_id` for groups).
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from cityscapesscripts.helpers.annotation import Annotation
+from cityscapesscripts.helpers.labels import id2label, name2label
+from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+from PIL import Image
+
+from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+
+MASK_SOURCES = ("instance_ids", "polygons")
+IMAGE_SUFFIX = "_leftImg8bit.png"
+HUMAN_LABEL_IDS = frozenset(label.id for label in id2label.values() if label.category == "human")
+# PIL modes a 16-bit grey PNG opens as (older Pillow versions widen it to 32-bit "I").
+_UINT16_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def instances_from_id_image(ids: np.ndarray) -> list[Instance]:
+    """Human instances of an instance-id image, in increasing pixel value; a group value is one crowd instance."""
+    instances = []
+    for value in np.unique(ids):
+        value = int(value)
+        label_id = value // 1000 if value >= 1000 else value
+        if label_id not in HUMAN_LABEL_IDS:
+            continue
+        instances.append(Instance.from_full_mask(
+            ids == value, instance_id=str(value), category=id2label[label_id].name, iscrowd=value < 1000))
+    return instances
+
+
+def read_instance_ids_png(path: Path, width: int, height: int) -> np.ndarray:
+    """The uint16 instance-id image; ValueError with the reason if it is not one of the image's size."""
+    with Image.open(path) as im:
+        if im.mode not in _UINT16_MODES:
+            raise ValueError(f"{path.name} has PIL mode {im.mode}, expected a 16-bit grey PNG")
+        if im.size != (width, height):
+            raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}, the image is {width}x{height} (w x h)")
+        ids = np.asarray(im)
+    if ids.min() < 0 or ids.max() > 0xFFFF:
+        raise ValueError(f"{path.name} has values outside 0..65535")
+    return ids
+
+
+def _known_label(label: str) -> bool:
+    """A label createInstanceImage accepts: a label name, or a label name + 'group'."""
+    return label in name2label or (label.endswith("group") and label[: -len("group")] in name2label)
+
+
+def rasterise_polygons(path: Path, width: int, height: int) -> np.ndarray:
+    """Instance-id image of a polygons JSON, drawn by cityscapesscripts (file order, later polygons on top)."""
+    annotation = Annotation()
+    try:
+        annotation.fromJsonText(path.read_text())
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"{path.name} is not a valid polygons JSON: {type(e).__name__}: {e}") from None
+    if (annotation.imgWidth, annotation.imgHeight) != (width, height):
+        raise ValueError(f"{path.name} is for a {annotation.imgWidth}x{annotation.imgHeight} image, "
+                         f"the image is {width}x{height} (w x h)")
+    for obj in annotation.objects:
+        # createInstanceImage exits the process on an unknown label, so check first.
+        label = getattr(obj, "label", "")
+        if not getattr(obj, "deleted", 0) and not _known_label(label):
+            raise ValueError(f"{path.name} has an object with the unknown label {label!r}")
+        if not hasattr(obj, "polygon"):
+            raise ValueError(f"{path.name} has a {type(obj).__name__} object, expected polygons only")
+    try:
+        return np.asarray(createInstanceImage(annotation, "ids"), dtype=np.int64)
+    except Exception as e:  # PIL rejects malformed polygons with assorted exception types
+        raise ValueError(f"{path.name}: a polygon cannot be drawn: {type(e).__name__}: {e}") from None
+
+
+@ADAPTERS.register("cityscapes")
+class CityscapesAdapter(DatasetAdapter):
+    """`leftImg8bit/{split}/{city}/*_leftImg8bit.png` with gtFine labels; every image of the split is yielded."""
+
+    name = "cityscapes"
+    target_categories = ("person",)
+
+    def __init__(self, root: str | Path, split: str, *, masks: str = "instance_ids"):
+        super().__init__(root, split)
+        if masks not in MASK_SOURCES:
+            raise ValueError(f"cityscapes: masks must be one of {MASK_SOURCES}, got {masks!r}")
+        self.masks = masks
+        split_dir = self.root / "leftImg8bit" / split
+        if not split_dir.is_dir():
+            present = sorted(p.name for p in (self.root / "leftImg8bit").glob("*") if p.is_dir())
+            raise DatasetError(f"cityscapes: {split_dir} does not exist; splits present: {present or 'none'}")
+
+    @cached_property
+    def _image_paths(self) -> list[str]:
+        base = self.root / "leftImg8bit" / self.split
+        return sorted(p.relative_to(self.root).as_posix() for p in base.glob(f"*/*{IMAGE_SUFFIX}") if p.is_file())
+
+    def __len__(self) -> int:
+        return len(self._image_paths)
+
+    def images(self) -> Iterator[ImageRecord]:
+        for rel in self._image_paths:
+            yield self._record(rel)
+
+    def _gt_path(self, rel_image: str, suffix: str) -> Path:
+        city_dir = Path(rel_image).parent.relative_to(Path("leftImg8bit"))
+        stem = Path(rel_image).name[: -len(IMAGE_SUFFIX)]
+        return self.root / "gtFine" / city_dir / f"{stem}_gtFine_{suffix}"
+
+    def _record(self, rel: str) -> ImageRecord:
+        basename = Path(rel).name
+        record = ImageRecord(image_id=basename, file_name=rel, width=0, height=0,
+                             lookup_keys=(basename, basename[: -len(IMAGE_SUFFIX)], rel))
+        try:
+            with Image.open(self.root / rel) as im:
+                record.width, record.height = im.size
+        except OSError as e:
+            record.problems.append(f"cannot read the size of {rel}: {e}")
+            return record
+        ids, problem = self._id_image(rel, record.width, record.height)
+        if problem:
+            record.problems.append(problem)
+        else:
+            record.instances = instances_from_id_image(ids)
+        return record
+
+    def _id_image(self, rel: str, width: int, height: int) -> tuple[Optional[np.ndarray], Optional[str]]:
+        suffix = "instanceIds.png" if self.masks == "instance_ids" else "polygons.json"
+        path = self._gt_path(rel, suffix)
+        if not path.is_file():
+            return None, f"missing gtFine file {path.relative_to(self.root).as_posix()} for {rel}"
+        try:
+            if self.masks == "instance_ids":
+                return read_instance_ids_png(path, width, height), None
+            return rasterise_polygons(path, width, height), None
+        except (ValueError, OSError) as e:
+            return None, f"{path.relative_to(self.root).as_posix()}: {e}"
+
+    def tree_files(self) -> Iterator[str]:
+        subdirs = ["leftImg8bit", "gtFine", "camera"]
+        subdirs += sorted(p.name for p in self.root.glob("*.json") if p.is_file())
+        yield from walk_files(self.root, subdirs)

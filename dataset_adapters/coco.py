@@ -1,0 +1,282 @@
+"""COCO adapter: person annotations of `annotations/person_keypoints_{split}2017.json` and images in `{split}2017/`.
+
+The JSON parsing and mask decoding here are also used by the BDD100K adapter for its COCO-format labels.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable, Iterator, Optional
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+
+ANNOTATION_KINDS = ("person_keypoints", "instances")
+_REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
+
+
+def load_json(path: Path) -> Any:
+    """Read a whole JSON file; anything unreadable becomes a DatasetError that names the file."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"annotation file {path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path} is not valid JSON (truncated or corrupt?): {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"cannot read {path}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------- mask decoding
+
+
+def compressed_rle_total(counts: bytes) -> int:
+    """Sum of the run lengths in a compressed COCO RLE string.
+
+    pycocotools decodes a string whose runs do not cover the image into uninitialised memory without complaint,
+    so the total is checked before decoding. Format: runs as 5-bit little-endian groups offset by 48, 0x20 = more
+    groups follow, 0x10 in the last group = negative; from the third run on, runs are deltas to the run two back.
+    """
+    runs: list[int] = []
+    pos = 0
+    while pos < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(counts):
+                raise ValueError("compressed RLE string ends in the middle of a run")
+            group = counts[pos] - 48
+            if not 0 <= group < 64:
+                raise ValueError(f"compressed RLE string has an invalid character {chr(counts[pos])!r}")
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            pos += 1
+            shift += 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise ValueError("compressed RLE string has a negative run length")
+        runs.append(value)
+    return sum(runs)
+
+
+def _check_rle_size(size: Any, height: int, width: int) -> tuple[int, int]:
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(_is_int(v) for v in size)):
+        raise ValueError(f"RLE 'size' {size!r} is not [height, width]")
+    h, w = int(size[0]), int(size[1])
+    if (h, w) != (height, width):
+        raise ValueError(f"mask size {h}x{w} (h x w) differs from the image size {height}x{width}")
+    return h, w
+
+
+def _decode_rle(segm: dict, height: int, width: int) -> np.ndarray:
+    h, w = _check_rle_size(segm.get("size"), height, width)
+    counts = segm.get("counts")
+    if isinstance(counts, str):
+        if not counts.isascii():
+            raise ValueError("compressed RLE string has non-ASCII characters")
+        counts = counts.encode("ascii")
+    if isinstance(counts, bytes):
+        total = compressed_rle_total(counts)
+        if total != h * w:
+            raise ValueError(f"compressed RLE covers {total} pixels, the {h}x{w} mask has {h * w}")
+        rle = {"size": [h, w], "counts": counts}
+    elif isinstance(counts, list):
+        if not all(_is_int(c) and c >= 0 for c in counts):
+            raise ValueError("uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != h * w:
+            raise ValueError(f"uncompressed RLE covers {sum(counts)} pixels, the {h}x{w} mask has {h * w}")
+        rle = mask_utils.frPyObjects({"size": [h, w], "counts": [int(c) for c in counts]}, h, w)
+    else:
+        raise ValueError(f"RLE 'counts' of type {type(counts).__name__} is neither a string nor a list")
+    return mask_utils.decode(rle)
+
+
+def _decode_polygons(polygons: list, height: int, width: int) -> np.ndarray:
+    """Rasterise like `COCO.annToMask`. Parts with fewer than 3 points are dropped: pycocotools would read a
+    4-number part as a box, and such parts enclose no area anyway."""
+    if not polygons:
+        raise ValueError("segmentation is an empty list")
+    kept = []
+    for part in polygons:
+        if not isinstance(part, list) or not all(_is_number(v) for v in part):
+            raise ValueError("a polygon is not a list of numbers")
+        if len(part) % 2:
+            raise ValueError(f"a polygon has an odd number of coordinates ({len(part)})")
+        if len(part) >= 6:
+            kept.append([float(v) for v in part])
+    if not kept:
+        return np.zeros((height, width), dtype=np.uint8)
+    return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(kept, height, width)))
+
+
+def decode_segmentation(segm: Any, height: int, width: int) -> np.ndarray:
+    """COCO segmentation (polygons, uncompressed or compressed RLE) -> bool mask of the image's size.
+
+    Raises ValueError with a readable reason when the segmentation is malformed or has another size."""
+    if isinstance(segm, list):
+        mask = _decode_polygons(segm, height, width)
+    elif isinstance(segm, dict):
+        mask = _decode_rle(segm, height, width)
+    else:
+        raise ValueError(f"segmentation of type {type(segm).__name__} is neither polygons nor RLE")
+    if mask.shape != (height, width):
+        raise ValueError(f"decoded mask is {mask.shape[0]}x{mask.shape[1]}, the image is {height}x{width}")
+    return mask.astype(bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ------------------------------------------------------------------------------------------------- JSON indexing
+
+
+@dataclass
+class CocoIndex:
+    """What the adapters need from a COCO-format JSON: images, and only the wanted annotations, by image id."""
+
+    images: list[dict]  # sorted by file_name
+    category_names: dict[Any, str]  # wanted category id -> name
+    anns_by_image: dict[Any, list[dict]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def index_coco_json(data: Any, path: Path, wanted: Iterable[str]) -> CocoIndex:
+    """Keep the images and the annotations of the wanted category names; the rest of the (large) JSON is dropped."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{path} is not a COCO annotation file: no 'images' list")
+    wanted = set(wanted)
+    categories = data.get("categories") or []
+    category_names = {c.get("id"): c["name"] for c in categories if isinstance(c, dict) and c.get("name") in wanted}
+    if not category_names:
+        found = sorted(str(c.get("name")) for c in categories if isinstance(c, dict))
+        raise DatasetError(f"{path} has no category named {' or '.join(sorted(wanted))}; categories: {found}")
+    images, problems = {}, []
+    for i, image in enumerate(data["images"]):
+        missing = [k for k in _REQUIRED_IMAGE_KEYS if not isinstance(image, dict) or k not in image]
+        if missing:
+            raise DatasetError(f"{path}: image entry #{i} lacks {', '.join(missing)}")
+        if image["id"] in images:
+            problems.append(f"{path.name}: image id {image['id']} is listed twice; the last entry is used")
+        images[image["id"]] = image
+    index = CocoIndex(images=sorted(images.values(), key=lambda im: str(im["file_name"])),
+                      category_names=category_names, problems=problems)
+    for ann in data.get("annotations") or []:
+        if not isinstance(ann, dict) or ann.get("category_id") not in category_names:
+            continue
+        if ann.get("image_id") not in images:
+            index.problems.append(f"{path.name}: annotation {ann.get('id')} points to image {ann.get('image_id')} "
+                                  f"which is not in the JSON")
+            continue
+        index.anns_by_image.setdefault(ann["image_id"], []).append(ann)
+    return index
+
+
+def keypoints_of(ann: dict) -> Optional[np.ndarray]:
+    """(17, 3) float32 keypoints of an annotation, None when it has none; ValueError when malformed."""
+    values = ann.get("keypoints")
+    if values is None:
+        return None
+    try:
+        kps = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("keypoints are not numbers") from None
+    if kps.size != 51:
+        raise ValueError(f"{kps.size} keypoint values, expected 17 x 3 = 51")
+    return kps.reshape(17, 3)
+
+
+def instance_from_coco(ann: dict, category: str, height: int, width: int) -> Instance:
+    """One COCO-format annotation -> Instance; ValueError with the reason when it cannot be decoded."""
+    if "segmentation" not in ann:
+        raise ValueError("has no segmentation")
+    mask = decode_segmentation(ann["segmentation"], height, width)
+    return Instance.from_full_mask(
+        mask, instance_id=str(ann.get("id")), category=category, iscrowd=bool(ann.get("iscrowd", 0)),
+        ignore=bool(ann.get("ignore", 0)), keypoints=keypoints_of(ann))
+
+
+def instances_of_image(anns: list[dict], category_names: dict, height: int, width: int
+                       ) -> tuple[list[Instance], list[str]]:
+    """Decode the annotations of one image in JSON order (the order the reference's per-image lists follow)."""
+    instances, problems = [], []
+    for ann in anns:
+        try:
+            instances.append(instance_from_coco(ann, category_names[ann["category_id"]], height, width))
+        except ValueError as e:
+            problems.append(f"annotation {ann.get('id')}: {e}")
+    return instances, problems
+
+
+# ------------------------------------------------------------------------------------------------------- adapter
+
+
+def _relative(path: str, option: str) -> str:
+    """Options name paths inside the dataset root, so that the mirror can reproduce them."""
+    posix = PurePosixPath(str(path).replace("\\", "/"))
+    if posix.is_absolute() or ".." in posix.parts or not posix.parts:
+        raise ValueError(f"coco: {option} must be a path relative to the dataset root, got {path!r}")
+    return posix.as_posix()
+
+
+@ADAPTERS.register("coco")
+class CocoAdapter(DatasetAdapter):
+    """COCO 2017 layout. Every image of the JSON is yielded, with its person annotations (crowds included)."""
+
+    name = "coco"
+    target_categories = ("person",)
+
+    def __init__(self, root: str | Path, split: str, *, annotation: str = "person_keypoints",
+                 annotation_file: Optional[str] = None, images_dir: Optional[str] = None):
+        super().__init__(root, split)
+        if annotation not in ANNOTATION_KINDS:
+            raise ValueError(f"coco: annotation must be one of {ANNOTATION_KINDS}, got {annotation!r}")
+        self.annotation_file = _relative(annotation_file or f"annotations/{annotation}_{split}2017.json",
+                                         "annotation_file")
+        self.images_dir = _relative(images_dir or f"{split}2017", "images_dir")
+        self.annotation_path = self.root / self.annotation_file
+        if not self.annotation_path.is_file():
+            raise DatasetError(f"coco: annotation file {self.annotation_path} does not exist")
+
+    @cached_property
+    def _index(self) -> CocoIndex:
+        return index_coco_json(load_json(self.annotation_path), self.annotation_path, self.target_categories)
+
+    def __len__(self) -> int:
+        return len(self._index.images)
+
+    def images(self) -> Iterator[ImageRecord]:
+        index = self._index
+        for image in index.images:
+            yield self._record(image, index)
+
+    def _record(self, image: dict, index: CocoIndex) -> ImageRecord:
+        file_name = str(image["file_name"])
+        height, width = int(image["height"]), int(image["width"])
+        instances, problems = instances_of_image(index.anns_by_image.get(image["id"], []), index.category_names,
+                                                 height, width)
+        return ImageRecord(
+            image_id=str(image["id"]), file_name=f"{self.images_dir}/{file_name}", width=width, height=height,
+            instances=instances, lookup_keys=(str(image["id"]), file_name, PurePosixPath(file_name).stem),
+            problems=problems)
+
+    def dataset_problems(self) -> list[str]:
+        return list(self._index.problems)
+
+    def tree_files(self) -> Iterator[str]:
+        subdirs = {"annotations", self.images_dir, self.annotation_file}
+        subdirs.update(p.name for p in self.root.glob("*2017") if p.is_dir())
+        subdirs.update(p.name for p in self.root.glob("*.json") if p.is_file())
+        yield from sorted(set(walk_files(self.root, sorted(subdirs))))
