@@ -16,6 +16,15 @@ def mirror_root(recipe: dict) -> Path:
     return Path(recipe["output"]["root"]) / recipe["dataset"]["adapter"]
 
 
+def region_identity(selector) -> dict:
+    """The selector's description without absolute paths, so a dataset that moved still matches its mirror
+    (the face-box file is identified by its sha256)."""
+    d = selector.describe()
+    if isinstance(d.get("provider"), dict):
+        d = dict(d, provider={k: v for k, v in d["provider"].items() if k != "path"})
+    return d
+
+
 def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[tuple[dict, MirrorJob]]:
     """One MirrorJob per selected anonymize entry; region settings are validated here, naming the recipe key."""
     from avanon.regions import RegionConfigError, build_region_selector
@@ -49,7 +58,7 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
             exif_frame=recipe["output"]["exif_frame"],
             jpeg_quality=recipe["output"]["jpeg_quality"],
             png_compression=recipe["output"]["png_compression"],
-            region_description=selector.describe(),
+            region_description=region_identity(selector),
         )
         out.append((entry, job))
     return out

@@ -62,10 +62,11 @@ def job_from_run(run: dict, mirror: Path, source_root: Optional[Path]) -> Mirror
     s = dict(run["settings"])
     s["target_categories"] = tuple(s["target_categories"])
     if s.get("region_description") is not None:  # re-derive: a changed face-box file must show up as a difference
+        from avanon.pipeline import region_identity
         from avanon.regions import build_region_selector
 
-        now = build_region_selector(s["region"], s["region_params"], s["filters"], source_root or run["source_root"],
-                                    s["target_categories"]).describe()
+        now = region_identity(build_region_selector(s["region"], s["region_params"], s["filters"],
+                                                    source_root or run["source_root"], s["target_categories"]))
         if now != s["region_description"]:
             raise VerifyError("the region settings resolve differently now than when the mirror was made "
                               "(e.g. the face-box file changed); the mirror cannot be verified against this source")

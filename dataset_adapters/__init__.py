@@ -2,4 +2,4 @@
 from dataset_adapters.base import (  # noqa: F401
     ADAPTERS, COCO_KEYPOINT_NAMES, DatasetAdapter, DatasetError, ImageRecord, Instance, build_adapter,
 )
-from dataset_adapters import bdd100k, cityscapes, coco  # noqa: F401  (registration)
+from dataset_adapters import bdd100k, cityscapes, coco, synthetic  # noqa: F401  (registration)

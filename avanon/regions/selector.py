@@ -12,7 +12,7 @@ import numpy as np
 
 from avanon.regions.base import Region, Selection
 from avanon.regions.body import BodyParams, body_region, parse_body_params
-from avanon.regions.face import FACE_PROVIDERS, FaceBox, FaceParams, clip_face_box, face_region, parse_face_params
+from avanon.regions.face import FACE_PROVIDERS, DetectorFaceProvider, FaceBox, FaceParams, clip_face_box, face_region, parse_face_params
 from avanon.regions.filters import Candidate, FilterConfig, RegionConfigError, apply_filters, parse_filters
 from avanon.regions.matching import greedy_match, iou_matrix
 from dataset_adapters.base import ImageRecord
@@ -30,6 +30,7 @@ def _finish(record: ImageRecord, regions: list[Region], skipped: list[tuple[str,
 
 class RegionSelector:
     kind: str
+    needs_image = False  # True when select() looks at the pixels (a face detector); the writer decodes first then
 
     def __init__(self, filters: FilterConfig):
         self.filters = filters
@@ -75,6 +76,7 @@ class FaceSelector(RegionSelector):
         super().__init__(filters)
         self.params = params
         self.provider = FACE_PROVIDERS.get(params.provider)(params, dataset_root)
+        self.needs_image = isinstance(self.provider, DetectorFaceProvider)
 
     def _assign(self, faces: Sequence[FaceBox], cands: Sequence[Candidate], imshape) -> dict[int, tuple]:
         """Candidate index -> (face, IoU or None): provider matches first, then greedy IoU matching of the rest."""
