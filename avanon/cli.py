@@ -1,4 +1,4 @@
-"""The `avanon` command line: run, anonymize, inspect, verify, merge.
+"""The `avanon` command line: run, anonymize, inspect, verify, merge, report, regress.
 
 Exit codes: 0 success; 1 finished but not clean (failed images, a mirror that does not verify);
 2 bad input (recipe, dataset, paths) or a run that had to stop (full disk).
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("merge", help="merge the shard manifests of a mirror written with --shard")
     m.add_argument("mirror")
+
+    from avanon.regress import add_regress_arguments
+    from avanon.report import add_report_arguments
+
+    add_report_arguments(sub.add_parser("report", help="Paper-F style tables and plots of a run's results"))
+    add_regress_arguments(sub.add_parser("regress", help="compare a run's AP deltas with a committed baseline"))
     return p
 
 
@@ -98,8 +104,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     from dataset_adapters import DatasetError
 
     try:
+        from avanon.regress import cmd_regress
+        from avanon.report import cmd_report
+
         return {"run": cmd_run, "anonymize": cmd_anonymize, "inspect": cmd_inspect, "verify": cmd_verify,
-                "merge": cmd_merge}[args.command](args)
+                "merge": cmd_merge, "report": cmd_report, "regress": cmd_regress}[args.command](args)
     except (RecipeError, DatasetError, MirrorError) as exc:
         print(f"avanon: error: {exc}", file=sys.stderr)
         return 2

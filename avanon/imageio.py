@@ -8,6 +8,7 @@ as it sees the source. Writes are atomic: a temp file in the same directory, the
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 from dataclasses import dataclass
@@ -108,13 +109,15 @@ def resolve_frame(policy: str, orientation: int, raw_size: tuple[int, int], expe
     )
 
 
-def read_image(path: str | Path, expected_size: tuple[int, int], exif_frame: str = "auto") -> LoadedImage:
-    """Decode an image into the annotation frame; `expected_size` is the annotation's (width, height)."""
+def read_image(path: str | Path, expected_size: tuple[int, int], exif_frame: str = "auto",
+               data: Optional[bytes] = None) -> LoadedImage:
+    """Decode an image into the annotation frame; `expected_size` is the annotation's (width, height).
+    `data`: the file's bytes when the caller already read them (to hash them), so the file is read once."""
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise ImageReadError(f"missing image file {path}")
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data) if data is not None else path) as img:
             fmt = img.format
             mode = img.mode
             orientation = _orientation(img)
@@ -171,8 +174,6 @@ def encode_image(pixels: np.ndarray, src: LoadedImage, jpeg_quality: int = 100, 
         if not ok:
             raise OSError("PNG encoding failed")
         return buf.tobytes()
-    import io
-
     bio = io.BytesIO()
     kwargs = dict(format="JPEG", quality=int(jpeg_quality), subsampling=0, optimize=False)
     if src.exif:

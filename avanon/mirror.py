@@ -23,7 +23,6 @@ from typing import Iterable, Iterator, Optional
 from dataset_adapters.base import DatasetAdapter, ImageRecord
 from avanon.imageio import (
     IMAGE_SUFFIXES, ImageReadError, atomic_copy, atomic_write_bytes, encode_image, read_image, sha256_bytes,
-    sha256_file,
 )
 from avanon.recipe import config_hash
 
@@ -57,12 +56,13 @@ class MirrorJob:
     # The selector's resolved description (defaults, derived constants, face-file hash): part of the mirror's
     # identity so that, e.g., an edited face-box file is not mixed into an existing mirror.
     region_description: Optional[dict] = None
+    link: str = "copy"  # how untouched files are reproduced; not part of the identity (same bytes either way)
 
     def settings(self) -> dict:
         """What makes two runs produce the same mirror (paths excluded so a moved dataset still resumes)."""
         d = asdict(self)
-        d.pop("out_dir")
-        d.pop("source_root")
+        for key in ("out_dir", "source_root", "link"):
+            d.pop(key)
         d["target_categories"] = list(self.target_categories)
         return d
 
@@ -167,24 +167,27 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> di
             raise ImageReadError("annotation problems: " + "; ".join(record.problems))
         if not src.is_file():
             raise ImageReadError(f"missing image file {src}")
-        line["source_sha256"] = sha256_file(src)
+        source = src.read_bytes()  # read once: hashed, copied or decoded from memory
+        line["source_sha256"] = sha256_bytes(source)
         selector, anonymizer = _tools(job)
         loaded = None
         if getattr(selector, "needs_image", False):
-            loaded = read_image(src, (record.width, record.height), job.exif_frame)
+            loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
         selection = selector.select(record, None if loaded is None else loaded.pixels)
         if record.problems:  # found during selection (a mask that does not fit its box, a bad face-file index)
             raise ImageReadError("annotation problems: " + "; ".join(record.problems))
         line["anonymized"] = [r.instance_id for r in selection.regions]
         line["skipped"] = [list(s) for s in selection.skipped]
         if not selection.regions:
-            if write:
-                atomic_copy(src, dst)
+            if write and job.link == "hardlink":
+                atomic_copy(src, dst, "hardlink")
+            elif write:
+                atomic_write_bytes(dst, source)
             line["output_sha256"] = line["source_sha256"]
             line["status"] = "copied"
             return line
         if loaded is None:
-            loaded = read_image(src, (record.width, record.height), job.exif_frame)
+            loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
         pixels = anonymizer.anonymize(loaded.pixels, selection.regions, seed)
         data = encode_image(pixels, loaded, job.jpeg_quality, job.png_compression)
         if write:
@@ -311,7 +314,6 @@ def write_mirror(
     adapter: DatasetAdapter,
     job: MirrorJob,
     *,
-    link: str = "copy",
     workers: int = 1,
     shard: tuple[int, int] = (0, 1),
     dry_run: bool = False,
@@ -321,7 +323,7 @@ def write_mirror(
 ) -> MirrorSummary:
     """Write (or with dry_run, plan) the mirror of `adapter`'s split into job.out_dir."""
     try:
-        return _write_mirror(adapter, job, link, workers, shard, dry_run, copy_unannotated, run_info, progress)
+        return _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_info, progress)
     except OSError as exc:
         if exc.errno in FATAL_ERRNOS:
             raise MirrorError(f"cannot write to {job.out_dir}: {exc.strerror}. Free space (or fix permissions) and "
@@ -329,7 +331,7 @@ def write_mirror(
         raise
 
 
-def _write_mirror(adapter, job, link, workers, shard, dry_run, copy_unannotated, run_info, progress) -> MirrorSummary:
+def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_info, progress) -> MirrorSummary:
     source_root, out_dir = Path(job.source_root), Path(job.out_dir)
     check_paths(source_root, out_dir)
     k, n = shard
@@ -375,7 +377,7 @@ def _write_mirror(adapter, job, link, workers, shard, dry_run, copy_unannotated,
         bar.update(summary.resumed)
     bar.close()
     summary.images += summary.resumed
-    _mirror_tree(adapter, out_dir, record_files, record_dirs, summary, link, shard, dry_run, copy_unannotated)
+    _mirror_tree(adapter, out_dir, record_files, record_dirs, summary, job.link, shard, dry_run, copy_unannotated)
     if not dry_run and n == 1:
         compact_manifest(out_dir)
     summary.seconds = time.perf_counter() - start

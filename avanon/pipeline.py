@@ -59,6 +59,7 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
             jpeg_quality=recipe["output"]["jpeg_quality"],
             png_compression=recipe["output"]["png_compression"],
             region_description=region_identity(selector),
+            link=recipe["output"]["link"],
         )
         out.append((entry, job))
     return out
@@ -100,7 +101,7 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
         run_info = {"dataset": dataset_info, "recipe": {k: v for k, v in recipe.items() if k != "_source"},
                     "recipe_file": recipe.get("_source"), "mirror": entry["name"],
                     "copy_unannotated": recipe["output"]["copy_unannotated"], "link": recipe["output"]["link"]}
-        summary = write_mirror(adapter, job, link=recipe["output"]["link"], workers=workers or recipe["workers"],
+        summary = write_mirror(adapter, job, workers=workers or recipe["workers"],
                                shard=shard, dry_run=dry_run, copy_unannotated=recipe["output"]["copy_unannotated"],
                                run_info=run_info, progress=progress)
         print(format_summary(entry["name"], summary), flush=True)

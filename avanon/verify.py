@@ -59,7 +59,7 @@ def load_run(mirror: Path) -> dict:
 
 
 def job_from_run(run: dict, mirror: Path, source_root: Optional[Path]) -> MirrorJob:
-    s = dict(run["settings"])
+    s = dict(run["settings"], link=run.get("link", "copy"))
     s["target_categories"] = tuple(s["target_categories"])
     if s.get("region_description") is not None:  # re-derive: a changed face-box file must show up as a difference
         from avanon.pipeline import region_identity

@@ -22,7 +22,8 @@ from dataset_adapters import build_adapter
 def _recipe(root, out, adapter="cityscapes", region="body", method="mask_out", params=None, **extra):
     raw = {"name": "t", "dataset": {"adapter": adapter, "root": str(root)},
            "anonymize": [{"region": region, "method": method, "params": params or {}}],
-           "output": {"root": str(out)}, **extra}
+           "output": {"root": str(out)}}
+    raw.update(extra)
     return validate(raw, "test")
 
 
@@ -248,3 +249,18 @@ def test_cli_anonymize_verify_inspect(cityscapes, tmp_path, capsys):
     assert main(["anonymize", "--dataset", "cityscapes", "--root", str(cityscapes), "--region", "body",
                  "--method", "mask_out", "--out", str(tmp_path / "dry"), "--dry-run", "--no-progress"]) == 0
     assert not (tmp_path / "dry").exists()
+
+
+def test_hardlink_mode_links_untouched_files_and_never_touches_the_source(cityscapes, tmp_path):
+    before = {p: sha256_file(p) for p in cityscapes.rglob("*") if p.is_file()}
+    out, summary = _write(cityscapes, tmp_path / "anon", output={"root": str(tmp_path / "anon"), "link": "hardlink"})
+    assert summary.failed == 0
+    after = {p: sha256_file(p) for p in cityscapes.rglob("*") if p.is_file()}
+    assert before == after
+    lines = read_manifest(out)
+    for rel, line in lines.items():
+        same_inode = (out / rel).stat().st_ino == (cityscapes / rel).stat().st_ino
+        assert same_inode == (line["status"] == "copied"), rel
+    ann = next(cityscapes.glob("gtFine/train/*/*_polygons.json")).relative_to(cityscapes)
+    assert (out / ann).stat().st_ino == (cityscapes / ann).stat().st_ino
+    assert verify_mirror(out).clean
