@@ -4,6 +4,12 @@ An adapter turns a dataset root + split into `ImageRecord`s: the image's path re
 the annotation frame, and every annotated *human* instance (targets and the ones the filters will skip, such as
 riders or crowds, so that skips can be counted with a reason). It also lists the files that make up the dataset
 tree so that the mirror writer can reproduce it.
+
+Every adapter takes the keyword option `categories`:
+- `"human"` (default): human instances only, what anonymization needs;
+- `"all"`: every instance category the dataset's instance-segmentation benchmark evaluates (`thing_classes`),
+  what training and evaluation need. Group / crowd instances (Cityscapes `*group`, COCO `iscrowd`, BDD100K
+  `crowd`) are yielded with `iscrowd=True` so that evaluation can treat them as crowd (ignore) regions.
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ COCO_KEYPOINT_NAMES = (
     "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
+
+
+CATEGORY_MODES = ("human", "all")
 
 
 class DatasetError(Exception):
@@ -91,6 +100,14 @@ class DatasetAdapter(abc.ABC):
     name: ClassVar[str]
     # Categories the paper anonymizes; other human categories are yielded and skipped with a reason.
     target_categories: ClassVar[tuple[str, ...]]
+    # The classes the dataset's instance-segmentation benchmark evaluates, in the official order; evaluation and
+    # training use 1-based positions in this tuple as category ids. A ClassVar for Cityscapes and BDD100K; for
+    # COCO an instance property (the annotation JSON's categories in id order). Wrappers such as the synthetic
+    # adapter may not define it: use `thing_classes_of(adapter)`.
+    thing_classes: ClassVar[tuple[str, ...]]
+    # "human" or "all" (see the module docstring), set by the constructors of the format adapters; wrappers may
+    # not have it: use `categories_of(adapter)`.
+    categories: str
 
     def __init__(self, root: str | Path, split: str):
         self.root = Path(root)
@@ -117,6 +134,36 @@ class DatasetAdapter(abc.ABC):
 
 
 ADAPTERS: Registry[type[DatasetAdapter]] = Registry("dataset adapter")
+
+
+def check_categories(adapter_name: str, categories: str) -> str:
+    """Validate the `categories` option of an adapter."""
+    if categories not in CATEGORY_MODES:
+        raise ValueError(f"{adapter_name}: categories must be one of {CATEGORY_MODES}, got {categories!r}")
+    return categories
+
+
+def innermost_adapter(adapter: DatasetAdapter) -> DatasetAdapter:
+    """The adapter that actually reads the files: wrappers (the synthetic adapter) keep theirs in `.inner`."""
+    seen = 0
+    while getattr(adapter, "inner", None) is not None and seen < 8:
+        adapter, seen = adapter.inner, seen + 1
+    return adapter
+
+
+def thing_classes_of(adapter: DatasetAdapter) -> tuple[str, ...]:
+    """The evaluated classes of an adapter, looking through wrappers that do not define `thing_classes`."""
+    classes = getattr(adapter, "thing_classes", None)
+    if classes is None:
+        classes = getattr(innermost_adapter(adapter), "thing_classes", None)
+    if classes is None:
+        raise AttributeError(f"adapter {type(adapter).__name__} defines no thing_classes")
+    return tuple(classes)
+
+
+def categories_of(adapter: DatasetAdapter) -> str:
+    """The `categories` mode ("human" | "all") an adapter (or the adapter it wraps) was opened with."""
+    return getattr(innermost_adapter(adapter), "categories", "human")
 
 
 def build_adapter(name: str, root: str | Path, split: str, **options) -> DatasetAdapter:

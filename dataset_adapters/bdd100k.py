@@ -3,6 +3,10 @@ bitmask PNGs, the Scalabel RLE JSON or the COCO-format JSON the reference used.
 
 Records follow the images on disk, so an image that the label source does not cover is reported as a problem
 instead of silently passing through un-anonymized.
+
+`categories="human"` (default) yields pedestrians and riders; `"all"` every ins_seg class (`thing_classes`, the
+BDD100K ins_seg config order: pedestrian, rider, car, truck, bus, train, motorcycle, bicycle). The `crowd` and
+`ignored` attributes become `iscrowd` / `ignore`; evaluation treats both as crowd (ignore) regions.
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from typing import Any, Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+from dataset_adapters.base import (
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+)
 from dataset_adapters.coco import CocoIndex, decode_segmentation, index_coco_json, instances_of_image, load_json
 
 LABEL_SOURCES = ("auto", "bitmask", "rle", "cocofmt")
@@ -21,10 +27,12 @@ LABEL_SOURCES = ("auto", "bitmask", "rle", "cocofmt")
 INS_SEG_CATEGORIES = ("pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 HUMAN_CATEGORIES = ("pedestrian", "rider")
 _HUMAN_IDS = tuple(INS_SEG_CATEGORIES.index(name) + 1 for name in HUMAN_CATEGORIES)
+_ALL_IDS = tuple(range(1, len(INS_SEG_CATEGORIES) + 1))
 
 
-def instances_from_bitmask(path: Path, width: int, height: int) -> list[Instance]:
-    """Human instances of an RGBA bitmask: R category, G flags, (B << 8) + A instance id (0 = background)."""
+def instances_from_bitmask(path: Path, width: int, height: int, category_ids: tuple = _HUMAN_IDS) -> list[Instance]:
+    """Instances of the given category ids (default: human) of an RGBA bitmask: R category, G flags,
+    (B << 8) + A instance id (0 = background)."""
     with Image.open(path) as im:
         if im.mode != "RGBA":
             raise ValueError(f"{path.name} has PIL mode {im.mode}, expected RGBA")
@@ -33,7 +41,7 @@ def instances_from_bitmask(path: Path, width: int, height: int) -> list[Instance
         pixels = np.asarray(im)
     category, flags = pixels[..., 0], pixels[..., 1]
     ids = (pixels[..., 2].astype(np.int32) << 8) | pixels[..., 3]
-    human_ids = np.unique(ids[np.isin(category, _HUMAN_IDS) & (ids > 0)])
+    human_ids = np.unique(ids[np.isin(category, category_ids) & (ids > 0)])
     instances = []
     for iid in human_ids:
         mask = ids == iid
@@ -59,8 +67,10 @@ def instance_from_scalabel(label: dict, height: int, width: int) -> Instance:
         iscrowd=bool(attributes.get("crowd", False)), ignore=bool(ignore))
 
 
-def index_scalabel_frames(data: Any, path: Path) -> tuple[dict[str, list[dict]], list[str]]:
-    """Human labels by image file name, plus problems such as a frame listed twice."""
+def index_scalabel_frames(data: Any, path: Path, wanted: tuple = HUMAN_CATEGORIES
+                          ) -> tuple[dict[str, list[dict]], list[str]]:
+    """Labels of the wanted categories (default: human) by image file name, plus problems such as a frame listed
+    twice."""
     frames = data.get("frames") if isinstance(data, dict) else data
     if not isinstance(frames, list):
         raise DatasetError(f"{path} is not a Scalabel label file: expected a list of frames or {{'frames': [...]}}")
@@ -74,21 +84,26 @@ def index_scalabel_frames(data: Any, path: Path) -> tuple[dict[str, list[dict]],
             problems.append(f"{path.name}: frame {name} is listed more than once; the first entry is used")
             continue
         labels = frame.get("labels") or []
-        by_name[name] = [lab for lab in labels if isinstance(lab, dict) and lab.get("category") in HUMAN_CATEGORIES]
+        by_name[name] = [lab for lab in labels if isinstance(lab, dict) and lab.get("category") in wanted]
     return by_name, problems
 
 
 @ADAPTERS.register("bdd100k")
 class Bdd100kAdapter(DatasetAdapter):
-    """BDD100K 10k images; `labels` picks the label source ('auto': bitmask, then rle, then cocofmt)."""
+    """BDD100K 10k images; `labels` picks the label source ('auto': bitmask, then rle, then cocofmt);
+    `categories` "human" (pedestrian, rider) or "all" (every class in `thing_classes`)."""
 
     name = "bdd100k"
     target_categories = ("pedestrian",)
+    thing_classes = INS_SEG_CATEGORIES
 
-    def __init__(self, root: str | Path, split: str, *, labels: str = "auto"):
+    def __init__(self, root: str | Path, split: str, *, labels: str = "auto", categories: str = "human"):
         super().__init__(root, split)
         if labels not in LABEL_SOURCES:
             raise ValueError(f"bdd100k: labels must be one of {LABEL_SOURCES}, got {labels!r}")
+        self.categories = check_categories("bdd100k", categories)
+        self._wanted = HUMAN_CATEGORIES if categories == "human" else INS_SEG_CATEGORIES
+        self._category_ids = _HUMAN_IDS if categories == "human" else _ALL_IDS
         self.image_dir = f"images/10k/{split}"
         if not (self.root / self.image_dir).is_dir():
             raise DatasetError(f"bdd100k: image directory {self.root / self.image_dir} does not exist")
@@ -122,12 +137,12 @@ class Bdd100kAdapter(DatasetAdapter):
         path = self.root / self.sources["cocofmt"]
         if not path.is_file():
             return None
-        index = index_coco_json(load_json(path), path, HUMAN_CATEGORIES)
+        index = index_coco_json(load_json(path), path, self._wanted)
         return index, {PurePosixPath(str(im["file_name"])).name: im for im in index.images}
 
     @cached_property
     def _scalabel(self) -> tuple[dict[str, list[dict]], list[str]]:
-        return index_scalabel_frames(load_json(self.label_path), self.label_path)
+        return index_scalabel_frames(load_json(self.label_path), self.label_path, self._wanted)
 
     def _labelled_names(self) -> list[str]:
         if self.labels == "bitmask":
@@ -196,7 +211,7 @@ class Bdd100kAdapter(DatasetAdapter):
             path = self.label_path / f"{PurePosixPath(name).stem}.png"
             if not path.is_file():
                 return [], [f"missing bitmask {self.sources['bitmask']}/{path.name} for {name}"]
-            return instances_from_bitmask(path, width, height), []
+            return instances_from_bitmask(path, width, height, self._category_ids), []
         if self.labels == "rle":
             return self._decode_scalabel(name, width, height)
         return self._decode_cocofmt(name, width, height, cocofmt)

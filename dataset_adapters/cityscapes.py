@@ -1,4 +1,8 @@
-"""Cityscapes adapter: human instances (person, rider and their groups) from gtFine.
+"""Cityscapes adapter: human instances (person, rider and their groups) from gtFine, or with `categories="all"`
+every instance class the official instance-level evaluation scores (`thing_classes`: the cityscapesscripts labels
+with `hasInstances` and not `ignoreInEval`: person, rider, car, truck, bus, train, motorcycle, bicycle; caravan
+and trailer are left out as the official evaluation and detectron2 do). A group value (`persongroup`, `cargroup`,
+...) is one instance with `iscrowd=True` and the class name without "group".
 
 Instances come from `*_gtFine_instanceIds.png` (default) or from rasterising `*_gtFine_polygons.json` with
 cityscapesscripts' own `createInstanceImage`, so both routes decode the same pixel encoding
@@ -13,25 +17,32 @@ from typing import Iterator, Optional
 import numpy as np
 from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.helpers.labels import id2label, name2label
+from cityscapesscripts.helpers.labels import labels as CS_LABELS
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
-from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+from dataset_adapters.base import (
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+)
 
 MASK_SOURCES = ("instance_ids", "polygons")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 HUMAN_LABEL_IDS = frozenset(label.id for label in id2label.values() if label.category == "human")
+# What evalInstanceLevelSemanticLabeling.setInstanceLabels evaluates, in label-id order.
+THING_CLASSES = tuple(label.name for label in CS_LABELS if label.hasInstances and not label.ignoreInEval)
+THING_LABEL_IDS = frozenset(name2label[name].id for name in THING_CLASSES)
 # PIL modes a 16-bit grey PNG opens as (older Pillow versions widen it to 32-bit "I").
 _UINT16_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
-def instances_from_id_image(ids: np.ndarray) -> list[Instance]:
-    """Human instances of an instance-id image, in increasing pixel value; a group value is one crowd instance."""
+def instances_from_id_image(ids: np.ndarray, label_ids: frozenset = HUMAN_LABEL_IDS) -> list[Instance]:
+    """Instances of the given label ids (default: human) in an instance-id image, in increasing pixel value; a
+    group value is one crowd instance."""
     instances = []
     for value in np.unique(ids):
         value = int(value)
         label_id = value // 1000 if value >= 1000 else value
-        if label_id not in HUMAN_LABEL_IDS:
+        if label_id not in label_ids:
             continue
         instances.append(Instance.from_full_mask(
             ids == value, instance_id=str(value), category=id2label[label_id].name, iscrowd=value < 1000))
@@ -81,16 +92,21 @@ def rasterise_polygons(path: Path, width: int, height: int) -> np.ndarray:
 
 @ADAPTERS.register("cityscapes")
 class CityscapesAdapter(DatasetAdapter):
-    """`leftImg8bit/{split}/{city}/*_leftImg8bit.png` with gtFine labels; every image of the split is yielded."""
+    """`leftImg8bit/{split}/{city}/*_leftImg8bit.png` with gtFine labels; every image of the split is yielded.
+
+    categories: "human" (person, rider and their groups) or "all" (every class in `thing_classes`)."""
 
     name = "cityscapes"
     target_categories = ("person",)
+    thing_classes = THING_CLASSES
 
-    def __init__(self, root: str | Path, split: str, *, masks: str = "instance_ids"):
+    def __init__(self, root: str | Path, split: str, *, masks: str = "instance_ids", categories: str = "human"):
         super().__init__(root, split)
         if masks not in MASK_SOURCES:
             raise ValueError(f"cityscapes: masks must be one of {MASK_SOURCES}, got {masks!r}")
         self.masks = masks
+        self.categories = check_categories("cityscapes", categories)
+        self._label_ids = HUMAN_LABEL_IDS if categories == "human" else THING_LABEL_IDS
         split_dir = self.root / "leftImg8bit" / split
         if not split_dir.is_dir():
             present = sorted(p.name for p in (self.root / "leftImg8bit").glob("*") if p.is_dir())
@@ -108,15 +124,28 @@ class CityscapesAdapter(DatasetAdapter):
         for rel in self._image_paths:
             yield self._record(rel)
 
+    def gt_path(self, rel_image: str, suffix: str = "instanceIds.png") -> Path:
+        """The gtFine file `*_gtFine_{suffix}` of an image path relative to the root."""
+        return self._gt_path(rel_image, suffix)
+
     def _gt_path(self, rel_image: str, suffix: str) -> Path:
         city_dir = Path(rel_image).parent.relative_to(Path("leftImg8bit"))
         stem = Path(rel_image).name[: -len(IMAGE_SUFFIX)]
         return self.root / "gtFine" / city_dir / f"{stem}_gtFine_{suffix}"
 
-    def _record(self, rel: str) -> ImageRecord:
+    def bare_records(self) -> Iterator[ImageRecord]:
+        """The records of `images()` with ids and paths only (no size, no instances, nothing decoded): enough for
+        `coco_image_ids` and for locating the gtFine files."""
+        for rel in self._image_paths:
+            yield self._bare_record(rel)
+
+    def _bare_record(self, rel: str) -> ImageRecord:
         basename = Path(rel).name
-        record = ImageRecord(image_id=basename, file_name=rel, width=0, height=0,
-                             lookup_keys=(basename, basename[: -len(IMAGE_SUFFIX)], rel))
+        return ImageRecord(image_id=basename, file_name=rel, width=0, height=0,
+                           lookup_keys=(basename, basename[: -len(IMAGE_SUFFIX)], rel))
+
+    def _record(self, rel: str) -> ImageRecord:
+        record = self._bare_record(rel)
         try:
             with Image.open(self.root / rel) as im:
                 record.width, record.height = im.size
@@ -127,7 +156,7 @@ class CityscapesAdapter(DatasetAdapter):
         if problem:
             record.problems.append(problem)
         else:
-            record.instances = instances_from_id_image(ids)
+            record.instances = instances_from_id_image(ids, self._label_ids)
         return record
 
     def _id_image(self, rel: str, width: int, height: int) -> tuple[Optional[np.ndarray], Optional[str]]:

@@ -1,5 +1,10 @@
 """COCO adapter: person annotations of `annotations/person_keypoints_{split}2017.json` and images in `{split}2017/`.
 
+`categories="human"` (default) yields the person annotations; `"all"` the annotations of every category of the
+JSON. `thing_classes` is an instance property here: the JSON's categories in id order (80 names for
+`instances_*.json`, ("person",) for `person_keypoints_*.json`), so the contiguous category ids used by training and
+evaluation (1-based positions in it) follow the JSON's id order.
+
 The JSON parsing and mask decoding here are also used by the BDD100K adapter for its COCO-format labels.
 """
 from __future__ import annotations
@@ -14,7 +19,9 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from dataset_adapters.base import ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, walk_files
+from dataset_adapters.base import (
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+)
 
 ANNOTATION_KINDS = ("person_keypoints", "instances")
 _REQUIRED_IMAGE_KEYS = ("id", "file_name", "width", "height")
@@ -149,20 +156,28 @@ class CocoIndex:
 
     images: list[dict]  # sorted by file_name
     category_names: dict[Any, str]  # wanted category id -> name
+    all_categories: list[tuple[Any, str]] = field(default_factory=list)  # every (id, name) of the JSON, by id
     anns_by_image: dict[Any, list[dict]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
-def index_coco_json(data: Any, path: Path, wanted: Iterable[str]) -> CocoIndex:
-    """Keep the images and the annotations of the wanted category names; the rest of the (large) JSON is dropped."""
+def index_coco_json(data: Any, path: Path, wanted: Optional[Iterable[str]]) -> CocoIndex:
+    """Keep the images and the annotations of the wanted category names (None: every category); the rest of the
+    (large) JSON is dropped."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path} is not a COCO annotation file: no 'images' list")
-    wanted = set(wanted)
-    categories = data.get("categories") or []
-    category_names = {c.get("id"): c["name"] for c in categories if isinstance(c, dict) and c.get("name") in wanted}
+    categories = [c for c in data.get("categories") or [] if isinstance(c, dict) and "name" in c]
+    wanted = None if wanted is None else set(wanted)
+    category_names = {c.get("id"): c["name"] for c in categories if wanted is None or c["name"] in wanted}
     if not category_names:
-        found = sorted(str(c.get("name")) for c in categories if isinstance(c, dict))
-        raise DatasetError(f"{path} has no category named {' or '.join(sorted(wanted))}; categories: {found}")
+        found = sorted(str(c.get("name")) for c in categories)
+        looked = "any category" if wanted is None else f"a category named {' or '.join(sorted(wanted))}"
+        raise DatasetError(f"{path} has no {looked}; categories: {found}")
+    all_categories = [(c.get("id"), str(c["name"])) for c in categories]
+    try:
+        all_categories.sort(key=lambda c: c[0])
+    except TypeError:  # ids that are not all numbers: keep the JSON's order
+        pass
     images, problems = {}, []
     for i, image in enumerate(data["images"]):
         missing = [k for k in _REQUIRED_IMAGE_KEYS if not isinstance(image, dict) or k not in image]
@@ -172,7 +187,7 @@ def index_coco_json(data: Any, path: Path, wanted: Iterable[str]) -> CocoIndex:
             problems.append(f"{path.name}: image id {image['id']} is listed twice; the last entry is used")
         images[image["id"]] = image
     index = CocoIndex(images=sorted(images.values(), key=lambda im: str(im["file_name"])),
-                      category_names=category_names, problems=problems)
+                      category_names=category_names, all_categories=all_categories, problems=problems)
     for ann in data.get("annotations") or []:
         if not isinstance(ann, dict) or ann.get("category_id") not in category_names:
             continue
@@ -233,16 +248,18 @@ def _relative(path: str, option: str) -> str:
 
 @ADAPTERS.register("coco")
 class CocoAdapter(DatasetAdapter):
-    """COCO 2017 layout. Every image of the JSON is yielded, with its person annotations (crowds included)."""
+    """COCO 2017 layout. Every image of the JSON is yielded, with its person annotations (crowds included), or
+    with `categories="all"` the annotations of every category."""
 
     name = "coco"
     target_categories = ("person",)
 
     def __init__(self, root: str | Path, split: str, *, annotation: str = "person_keypoints",
-                 annotation_file: Optional[str] = None, images_dir: Optional[str] = None):
+                 annotation_file: Optional[str] = None, images_dir: Optional[str] = None, categories: str = "human"):
         super().__init__(root, split)
         if annotation not in ANNOTATION_KINDS:
             raise ValueError(f"coco: annotation must be one of {ANNOTATION_KINDS}, got {annotation!r}")
+        self.categories = check_categories("coco", categories)
         self.annotation_file = _relative(annotation_file or f"annotations/{annotation}_{split}2017.json",
                                          "annotation_file")
         self.images_dir = _relative(images_dir or f"{split}2017", "images_dir")
@@ -252,7 +269,21 @@ class CocoAdapter(DatasetAdapter):
 
     @cached_property
     def _index(self) -> CocoIndex:
-        return index_coco_json(load_json(self.annotation_path), self.annotation_path, self.target_categories)
+        wanted = self.target_categories if self.categories == "human" else None
+        return index_coco_json(load_json(self.annotation_path), self.annotation_path, wanted)
+
+    @property
+    def thing_classes(self) -> tuple[str, ...]:
+        """The JSON's category names in id order (reads the JSON on first use)."""
+        names = tuple(name for _, name in self._index.all_categories)
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{self.annotation_path} has two categories with the same name: {list(names)}")
+        return names
+
+    @property
+    def category_json_ids(self) -> tuple:
+        """The JSON's category ids in the order of `thing_classes` (for mapping back to the original ids)."""
+        return tuple(cid for cid, _ in self._index.all_categories)
 
     def __len__(self) -> int:
         return len(self._index.images)

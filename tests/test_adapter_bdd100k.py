@@ -191,3 +191,45 @@ def test_tree_files(bdd_root):
         "labels/ins_seg/rles/ins_seg_train.json", "jsons/ins_seg_train_cocofmt.json",
         "face_boxes_train.json", "annotated_keypoints_train.json",
     }
+
+
+# ------------------------------------------------------------------------------------------- categories="all"
+
+
+def test_thing_classes_are_the_ins_seg_classes():
+    assert Bdd100kAdapter.thing_classes == (
+        "pedestrian", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+def test_categories_all_same_instances_in_every_label_format(bdd_root):
+    decoded = {fmt: list(Bdd100kAdapter(bdd_root, "train", labels=fmt, categories="all").images())
+               for fmt in ("bitmask", "rle", "cocofmt")}
+    for fmt, records in decoded.items():
+        assert all(r.problems == [] for r in records), fmt
+        assert [comparable(r) for r in records] == [comparable(r) for r in decoded["bitmask"]], fmt
+    first, second, third = decoded["bitmask"]
+    assert [(i.category, i.iscrowd, i.ignore) for i in first.instances] == [
+        ("pedestrian", False, False), ("car", False, False), ("rider", False, False), ("pedestrian", True, False),
+        ("pedestrian", False, True)]
+    car = first.instances[1]
+    assert car.box == (10, 20, 30, 44) and car.area == 20 * 24
+    assert [i.category for i in second.instances] == ["car"] and third.instances == []
+    # human mode leaves the cars out
+    assert by_id(Bdd100kAdapter(bdd_root, "train"))[SECOND].instances == []
+
+
+def test_categories_all_every_class_and_bitmask_flags(tmp_path):
+    names = Bdd100kAdapter.thing_classes
+    scene = {"a.jpg": [BddObject(str(k), name, box_mask(1 + 7 * k, 1, 7 + 7 * k, 30), crowd=(name == "car"))
+                       for k, name in enumerate(names)]}
+    write_bdd(tmp_path, "val", scene)
+    for fmt in ("bitmask", "rle", "cocofmt"):
+        (record,) = Bdd100kAdapter(tmp_path, "val", labels=fmt, categories="all").images()
+        assert [i.category for i in record.instances] == list(names), fmt
+        assert [i.iscrowd for i in record.instances] == [n == "car" for n in names], fmt
+
+
+def test_categories_option_is_checked(bdd_root):
+    with pytest.raises(ValueError, match="categories"):
+        Bdd100kAdapter(bdd_root, "train", categories="people")
+    assert build_adapter("bdd100k", bdd_root, "train", categories="all").categories == "all"

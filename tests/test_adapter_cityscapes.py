@@ -123,3 +123,52 @@ def test_tree_files(cs_root):
     assert "gtFine/train/aachen/aachen_000000_000019_gtFine_polygons.json" in files
     assert len(files) == 4 * 3 + 2  # image + polygons + instanceIds per frame, camera, face boxes
     assert not any(f.startswith("gtCoarse") or f == "README" for f in files)
+
+
+# ------------------------------------------------------------------------------------------- categories="all"
+
+
+def test_thing_classes_are_the_official_evaluation_labels():
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as official
+
+    args = type("Args", (), {})()
+    official.setInstanceLabels(args)
+    assert CityscapesAdapter.thing_classes == tuple(args.instLabels) == (
+        "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+
+
+def test_categories_all_yields_every_evaluated_class(cs_root):
+    for masks in ("instance_ids", "polygons"):
+        record = by_id(CityscapesAdapter(cs_root, "train", masks=masks, categories="all"))[ZURICH]
+        summary = [(i.instance_id, i.category, i.iscrowd) for i in record.instances]
+        assert summary == [("24", "person", True), ("25", "rider", True), ("24000", "person", False),
+                           ("24001", "person", False), ("24003", "person", False), ("25000", "rider", False),
+                           ("26000", "car", False)], masks
+        official = official_instance_image(CITYSCAPES_SCENE)
+        car = record.instances[-1]
+        np.testing.assert_array_equal(car.full_mask(48, 64), official == 26000)
+    # the default stays human-only
+    human = by_id(CityscapesAdapter(cs_root, "train"))[ZURICH]
+    assert [i.category for i in human.instances if i.category not in ("person", "rider")] == []
+
+
+def test_categories_all_groups_are_crowd_and_ignored_classes_left_out(tmp_path):
+    write_cityscapes_frame(tmp_path, "val", "ulm", 0, 1, cityscapes_polygons([
+        ("caravan", [[1, 1], [10, 1], [10, 10], [1, 10]]),      # hasInstances but ignoreInEval
+        ("trailer", [[12, 1], [20, 1], [20, 10], [12, 10]]),    # hasInstances but ignoreInEval
+        ("cargroup", [[22, 1], [40, 1], [40, 20], [22, 20]]),
+        ("truck", [[1, 20], [20, 20], [20, 40], [1, 40]]),
+        ("bicyclegroup", [[42, 20], [60, 20], [60, 40], [42, 40]]),
+        ("motorcycle", [[42, 41], [60, 41], [60, 47], [42, 47]]),
+    ]))
+    (record,) = CityscapesAdapter(tmp_path, "val", categories="all").images()
+    assert [(i.instance_id, i.category, i.iscrowd) for i in record.instances] == [
+        ("26", "car", True), ("33", "bicycle", True), ("27000", "truck", False), ("32000", "motorcycle", False)]
+    (human,) = CityscapesAdapter(tmp_path, "val").images()
+    assert human.instances == []
+
+
+def test_categories_option_is_checked(cs_root):
+    with pytest.raises(ValueError, match="categories"):
+        CityscapesAdapter(cs_root, "train", categories="vehicles")
+    assert build_adapter("cityscapes", cs_root, "train", categories="all").categories == "all"

@@ -186,3 +186,44 @@ def test_json_is_loaded_once(coco_root, monkeypatch):
     len(adapter), list(adapter.images()), adapter.dataset_problems(), list(adapter.images())
     assert len(calls) == 1
 
+
+
+# ------------------------------------------------------------------------------------------- categories="all"
+
+
+def test_categories_all_yields_every_category(coco_root):
+    adapter = CocoAdapter(coco_root, "train", categories="all")
+    record = records_by_id(adapter)["139"]
+    assert [(i.instance_id, i.category, i.iscrowd) for i in record.instances] == [
+        ("1001", "person", False), ("1002", "person", True), ("1003", "person", False), ("1004", "car", False)]
+    oracle = COCO(str(coco_root / "annotations/person_keypoints_train2017.json"))
+    car = record.instances[3]
+    np.testing.assert_array_equal(car.full_mask(48, 64), oracle.annToMask(oracle.anns[1004]).astype(bool))
+    assert car.keypoints is None
+    assert [i.instance_id for i in records_by_id(CocoAdapter(coco_root, "train"))["139"].instances] == [
+        "1001", "1002", "1003"]
+
+
+def test_thing_classes_follow_the_json_category_ids(tmp_path):
+    categories = [{"id": 12, "name": "person"}, {"id": 3, "name": "car"}, {"id": 7, "name": "dog"}]
+    write_coco(tmp_path, "val", [coco_image(1)],
+               [coco_ann(1, 1, [[1, 1, 9, 1, 9, 9]], category_id=12), coco_ann(2, 1, [[1, 1, 9, 1, 9, 9]], 7)],
+               categories=categories, annotation="instances")
+    for mode in ("human", "all"):
+        adapter = CocoAdapter(tmp_path, "val", annotation="instances", categories=mode)
+        assert adapter.thing_classes == ("car", "dog", "person")
+        assert adapter.category_json_ids == (3, 7, 12)
+    (record,) = CocoAdapter(tmp_path, "val", annotation="instances", categories="all").images()
+    assert [i.category for i in record.instances] == ["person", "dog"]
+
+
+def test_thing_classes_of_person_keypoints_json(coco_root):
+    write_coco(coco_root, "val", [coco_image(1)], [], categories=[{"id": 1, "name": "person"}])
+    assert CocoAdapter(coco_root, "val").thing_classes == ("person",)
+    assert CocoAdapter(coco_root, "train").thing_classes == ("person", "car")  # the fixture's JSON has both
+
+
+def test_categories_option_is_checked(coco_root):
+    with pytest.raises(ValueError, match="categories"):
+        CocoAdapter(coco_root, "train", categories="person")
+    assert build_adapter("coco", coco_root, "train", categories="all").categories == "all"
