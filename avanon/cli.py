@@ -1,4 +1,4 @@
-"""The `avanon` command line: run, anonymize, inspect, verify, merge, report, regress.
+"""The `avanon` command line: run, anonymize, inspect, verify, merge, report, regress, weights.
 
 Exit codes: 0 success; 1 finished but not clean (failed images, a mirror that does not verify);
 2 bad input (recipe, dataset, paths) or a run that had to stop (full disk).
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     r.add_argument("--only", action="append", help="only the anonymize entries with these names")
+    r.add_argument("--anonymize-only", action="store_true", help="write the mirrors, skip the study")
+    r.add_argument("--test-only", action="store_true", help="study: re-evaluate trained models, train nothing")
     common_run(r)
 
     a = sub.add_parser("anonymize", help="write one anonymized mirror of a dataset split")
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_arguments(sub.add_parser("report", help="Paper-F style tables and plots of a run's results"))
     add_regress_arguments(sub.add_parser("regress", help="compare a run's AP deltas with a committed baseline"))
+    from avanon.weights import add_weights_arguments
+
+    add_weights_arguments(sub)
     return p
 
 
@@ -106,9 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         from avanon.regress import cmd_regress
         from avanon.report import cmd_report
+        from avanon.weights import cmd_weights
 
         return {"run": cmd_run, "anonymize": cmd_anonymize, "inspect": cmd_inspect, "verify": cmd_verify,
-                "merge": cmd_merge, "report": cmd_report, "regress": cmd_regress}[args.command](args)
+                "merge": cmd_merge, "report": cmd_report, "regress": cmd_regress,
+                "weights": cmd_weights}[args.command](args)
     except (RecipeError, DatasetError, MirrorError) as exc:
         print(f"avanon: error: {exc}", file=sys.stderr)
         return 2
@@ -123,7 +130,7 @@ def cmd_run(args) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     return run_recipe(recipe, workers=args.workers, shard=args.shard, dry_run=args.dry_run, only=args.only,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, test_only=args.test_only, anonymize_only=args.anonymize_only)
 
 
 def cmd_anonymize(args) -> int:
