@@ -1341,8 +1341,8 @@ def generation_params(fmt: str, splits: Optional[dict] = None, seed: int = 0,
         raise DatasetError(f"synthetic: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     for name, n in splits.items():
-        if not isinstance(name, str) or not name or "/" in name or "_" in name:
-            raise DatasetError(f"synthetic: split name {name!r} must be a non-empty word without '/' or '_'")
+        if not isinstance(name, str) or not name.isalnum():
+            raise DatasetError(f"synthetic: split name {name!r} must be a non-empty alphanumeric word")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise DatasetError(f"synthetic: split {name!r} needs a non-negative image count, got {n!r}")
     h, w = DEFAULT_IMAGE_SIZES[fmt] if image_size is None else image_size
