@@ -29,6 +29,10 @@ class DatasetStats:
     ignore: int = 0
     targets: int = 0
     targets_with_keypoints: int = 0
+    # After a keypoint provider (`avanon inspect --keypoints`): its name and the targets with >= 1 visible keypoint.
+    keypoint_provider: Optional[str] = None
+    targets_with_provider_keypoints: int = 0
+    keypoint_provider_warnings: list = field(default_factory=list)
     selected: int = 0
     skip_reasons: Counter = field(default_factory=Counter)
     box_fraction: list = field(default_factory=list)  # tight box area / image area, per target instance
@@ -46,6 +50,10 @@ class DatasetStats:
             "target_instances": self.targets, "selected_for_body_anonymization": self.selected,
             "skip_reasons": dict(sorted(self.skip_reasons.items())),
             "keypoint_fraction": (self.targets_with_keypoints / self.targets) if self.targets else None,
+            "keypoint_provider": self.keypoint_provider,
+            "keypoint_fraction_provider": (self.targets_with_provider_keypoints / self.targets)
+            if self.targets and self.keypoint_provider else None,
+            "keypoint_provider_warnings": self.keypoint_provider_warnings[:50],
             "box_fraction_median": float(np.median(frac)) if frac.size else None,
             "share_of_boxes_below_1pct_of_image": float((frac < 0.01).mean()) if frac.size else None,
         }
@@ -56,9 +64,12 @@ class DatasetStats:
         return out
 
 
-def collect_stats(adapter, selector, name: str) -> DatasetStats:
-    """One pass over the split. `selector` is a body region selector with the recipe's filters."""
+def collect_stats(adapter, selector, name: str, keypoint_provider=None) -> DatasetStats:
+    """One pass over the split. `selector` is a body region selector with the recipe's filters; with a
+    `keypoint_provider` (avanon.keypoints) its keypoints are applied before selection and counted too."""
     stats = DatasetStats(dataset=name, split=adapter.split)
+    if keypoint_provider is not None:
+        stats.keypoint_provider = keypoint_provider.name
     stats.problems.extend(adapter.dataset_problems())
     targets = set(getattr(selector, "target_categories", ()) or adapter.target_categories)
     for record in adapter.images():
@@ -71,6 +82,9 @@ def collect_stats(adapter, selector, name: str) -> DatasetStats:
             stats.problems.extend(f"{record.file_name}: {p}" for p in record.problems)
             continue
         image_area = float(record.width * record.height)
+        applied = _apply_keypoints(adapter, record, keypoint_provider, stats)
+        if applied is None:
+            continue
         for inst in record.instances:
             stats.categories[inst.category] += 1
             stats.crowd += inst.iscrowd
@@ -82,13 +96,37 @@ def collect_stats(adapter, selector, name: str) -> DatasetStats:
                 area = max(0, x1 - x0) * max(0, y1 - y0)
                 stats.box_fraction.append(area / image_area)
                 stats.box_side.append(float(np.sqrt(area)))
-        selection = selector.select(record, None)
+        if keypoint_provider is not None:
+            stats.targets_with_provider_keypoints += sum(
+                inst.num_keypoints > 0 for inst in applied.instances
+                if inst.category in targets and not inst.iscrowd and not inst.ignore)
+        selection = selector.select(applied, None)
         stats.selected += len(selection.regions)
         stats.skip_reasons.update(reason for _, reason in selection.skipped)
         for region in selection.regions:
             x0, y0, x1, y1 = region.exp_box
             stats.expanded_side.append(float(np.sqrt(max(0, x1 - x0) * max(0, y1 - y0))))
+    if keypoint_provider is not None:
+        stats.keypoint_provider_warnings = list(keypoint_provider.warnings)
     return stats
+
+
+def _apply_keypoints(adapter, record, provider, stats: DatasetStats):
+    """The record after the keypoint provider (the record itself without one); None when the image cannot be
+    read for an estimator (counted as a problem)."""
+    if provider is None:
+        return record
+    image = None
+    if provider.needs_image:
+        from avanon.imageio import ImageReadError, read_image
+
+        try:
+            image = read_image(adapter.root / record.file_name, (record.width, record.height)).pixels
+        except ImageReadError as exc:
+            stats.images_with_problems += 1
+            stats.problems.append(f"{record.file_name}: {exc}")
+            return None
+    return provider.apply(record, image)
 
 
 def plot_box_sizes(stats_list: list[DatasetStats], path: str | Path) -> Path:
@@ -127,8 +165,14 @@ def format_stats(d: dict) -> str:
                  f"selected for body anonymization {d['selected_for_body_anonymization']}")
     if d["skip_reasons"]:
         lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in d["skip_reasons"].items()))
-    if d["keypoint_fraction"] is not None:
+    if d.get("keypoint_fraction_provider") is not None:
+        annotated = f"; annotated: {100 * d['keypoint_fraction']:.1f} %" if d["keypoint_fraction"] else ""
+        lines.append(f"  instances with keypoints: {100 * d['keypoint_fraction_provider']:.1f} % "
+                     f"(keypoint provider '{d['keypoint_provider']}'{annotated})")
+    elif d["keypoint_fraction"] is not None:
         lines.append(f"  instances with keypoints: {100 * d['keypoint_fraction']:.1f} %")
+    for w in d.get("keypoint_provider_warnings", [])[:5]:
+        lines.append(f"  keypoint provider warning: {w}")
     for t in SIZE_THRESHOLDS:
         tight, exp = d[f"share_tight_box_below_{t}x{t}"], d[f"share_expanded_box_below_{t}x{t}"]
         if tight is not None:
