@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--filter", action="append", metavar="KEY=VALUE")
     i.add_argument("--plot", help="PNG path for the box-size histogram (default inspect_DATASET_SPLIT.png)")
     i.add_argument("--json", help="also write the statistics as JSON here")
+    i.add_argument("--keypoints", metavar="PROVIDER", help="apply a keypoint provider (annotations, file, "
+                   "estimator) and report the share of target instances with keypoints after it")
+    i.add_argument("--keypoints-param", action="append", metavar="KEY=VALUE",
+                   help="keypoint provider parameter, e.g. weights=PATH.pth, file=annotated_keypoints_train.json")
 
     v = sub.add_parser("verify", help="audit a mirror against its source")
     v.add_argument("mirror")
@@ -91,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge the shard manifests of a mirror written with --shard")
     m.add_argument("mirror")
 
+    t = sub.add_parser("train", help="one training run (python -m avanon.training.engine): --config, --out, "
+                       "--resume, --test-only", add_help=False)
+    t.add_argument("engine_args", nargs=argparse.REMAINDER)
+
     from avanon.regress import add_regress_arguments
     from avanon.report import add_report_arguments
 
@@ -99,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     from avanon.weights import add_weights_arguments
 
     add_weights_arguments(sub)
+    from avanon.show import add_show_arguments
+
+    add_show_arguments(sub.add_parser("show", help="PNG grid of random original / anonymized pairs of mirrors"))
     return p
 
 
@@ -112,10 +123,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         from avanon.regress import cmd_regress
         from avanon.report import cmd_report
         from avanon.weights import cmd_weights
+        from avanon.show import cmd_show
 
         return {"run": cmd_run, "anonymize": cmd_anonymize, "inspect": cmd_inspect, "verify": cmd_verify,
                 "merge": cmd_merge, "report": cmd_report, "regress": cmd_regress,
-                "weights": cmd_weights}[args.command](args)
+                "weights": cmd_weights, "train": cmd_train, "show": cmd_show}[args.command](args)
     except (RecipeError, DatasetError, MirrorError) as exc:
         print(f"avanon: error: {exc}", file=sys.stderr)
         return 2
@@ -162,7 +174,19 @@ def cmd_inspect(args) -> int:
     # min_size 0: keep every instance so the expanded-box size distribution is complete.
     selector = build_region_selector("body", {"min_size": 0}, _kv_list(args.filter, "--filter"), Path(args.root),
                                      adapter.target_categories)
-    stats = collect_stats(adapter, selector, args.dataset)
+    if args.keypoints:
+        from avanon.keypoints import KeypointConfigError, build_keypoint_provider
+
+        try:
+            provider = build_keypoint_provider(args.keypoints, _kv_list(args.keypoints_param, "--keypoints-param"),
+                                               Path(args.root), split=args.split,
+                                               target_categories=adapter.target_categories)
+            stats = collect_stats(adapter, selector, args.dataset, provider)
+        except KeypointConfigError as exc:
+            print(f"avanon: error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        stats = collect_stats(adapter, selector, args.dataset)
     d = stats.to_dict()
     print(format_stats(d))
     plot = Path(args.plot or f"inspect_{args.dataset}_{args.split}.png")
@@ -191,6 +215,12 @@ def cmd_verify(args) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     return 0 if report.clean else 1
+
+
+def cmd_train(args) -> int:
+    from avanon.training.engine import main as engine_main
+
+    return engine_main(args.engine_args)
 
 
 def cmd_merge(args) -> int:

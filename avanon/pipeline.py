@@ -88,11 +88,15 @@ def format_summary(name: str, s: MirrorSummary) -> str:
 
 
 def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry_run: bool = False,
-               only: Optional[list[str]] = None, progress: bool = True) -> int:
+               only: Optional[list[str]] = None, progress: bool = True, test_only: bool = False,
+               anonymize_only: bool = False) -> int:
+    """Write every mirror of the recipe; then, when it has a study section, train and evaluate on them."""
+    from avanon.study import run_study, study_enabled
+
     ds = recipe["dataset"]
     adapter = build_adapter(ds["adapter"], ds["root"], ds["split"], **ds["options"])
     jobs = make_jobs(recipe, adapter, only)
-    if not jobs:
+    if not jobs and not study_enabled(recipe):
         print(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
         return 0
     dataset_info = dict(ds, root=str(Path(ds["root"]).resolve()))
@@ -110,4 +114,10 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
             name = "summary.json" if shard[1] == 1 else f"summary-{shard[0]}of{shard[1]}.json"
             atomic_write_bytes(Path(job.out_dir) / name,
                                (json.dumps(summary.to_dict(), indent=2, default=str) + "\n").encode())
-    return 1 if failed else 0
+    if failed:
+        print(f"{failed} images failed and are not in the mirrors (privacy first); the study is not run on "
+              "incomplete mirrors. Fix them (see the FAILED lines) or accept them in the recipe.")
+        return 1
+    if study_enabled(recipe) and not anonymize_only and shard[1] == 1:
+        run_study(recipe, [(entry, Path(job.out_dir)) for entry, job in jobs], test_only=test_only, dry_run=dry_run)
+    return 0

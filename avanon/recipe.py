@@ -92,7 +92,7 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-METHOD_ENTRY_KEYS = {"region", "method", "params", "name"}
+METHOD_ENTRY_KEYS = {"region", "method", "params", "name", "variant"}
 _SECTION_VALIDATORS: list[Callable[[dict, str], None]] = []
 
 
@@ -163,7 +163,10 @@ def _validate_anonymize(entries: list, src: str) -> list[dict]:
         params = entry.get("params") or {}
         if not isinstance(params, dict):
             raise RecipeError(f"{src}: {key}.params: must be a mapping")
-        resolved = {"region": entry["region"], "method": entry["method"], "params": params, "name": entry.get("name")}
+        resolved = {"region": entry["region"], "method": entry["method"], "params": params, "name": entry.get("name"),
+                    "variant": entry.get("variant") or ""}
+        if not isinstance(resolved["variant"], str):
+            raise RecipeError(f"{src}: {key}.variant: must be a string")
         from avanon.anonymizers import ANONYMIZERS, build_anonymizer
 
         if entry["method"] not in ANONYMIZERS:
@@ -223,6 +226,8 @@ def apply_overrides(data: dict, overrides: list[str], src: str) -> dict:
 
 def validate(data: dict, src: str = "<recipe>") -> dict:
     """Validate a raw recipe mapping and return it resolved (defaults filled, env vars expanded)."""
+    import avanon.study  # noqa: F401  (registers the study section)
+
     data = _expand_env(data, "", src)
     resolved = _validate(data, SCHEMA, "", src)
     _validate_dataset(resolved["dataset"], src)
