@@ -21,6 +21,14 @@ buffers ``w_avg`` [w_dim] and ``w_centers`` [K, w_dim].
 from .generators import (CHECKPOINTS, EXPECTED_PARAM_COUNTS, GENERATOR_NAMES, CheckpointError, build_generator,
                          load_generator, map_state_dict, md5sum, num_parameters, read_checkpoint)
 from .layers import MappingNetwork
+
+
+def compute_centers(*args, **kwargs):
+    """`avanon weights compute-centers`: k-means centres of w for checkpoints without them (see
+    avanon.anonymizers.latents.cmd_compute_centers)."""
+    from avanon.anonymizers.latents import cmd_compute_centers
+
+    return cmd_compute_centers(*args, **kwargs)
 from .stylegan_unet import StyleGANUnet
 from .triagan import COCO_KEYPOINTS, TriaGAN, joint_map, keypoint_channels
 

@@ -1,0 +1,635 @@
+"""Realistic anonymization: inpainting with DeepPrivacy2's pretrained generators (deepprivacy2.md §3-§5).
+
+    build_anonymizer("realistic", {"histogram": "hm"}).anonymize(image, regions, seed)
+
+Generators (``avanon.realistic``; weights via ``avanon.weights.resolve``):
+
+* faces: ``face_fdf128`` (FDF128 U-Net StyleGAN, the paper's face model) on the Region's FDF128 crop;
+* bodies: ``body_triagan288`` (keypoint-guided TriA-GAN, 288×160) for instances with at least one visible keypoint,
+  ``body_nocse288`` (mask-only StyleGAN U-Net) for the others (``region_model: auto``, as the paper);
+* "Realistic + HR faces" (``hr_faces: true``): the reference's COCO refinement (§3.5), see below.
+
+Pipeline per instance, as the reference's ``Anonymizer.anonymize_detections`` (§3.1-3.2): cut the expanded box
+(zero padding) from the CURRENT image, resize to the generator's resolution (the reference's filters,
+``crops.resize_to_crop``), normalise to [-1, 1]; ``mask`` = NOT crop_mask (1 = keep), ``condition = img·mask``;
+TriA-GAN also gets ``maskrcnn_mask`` = NOT the undilated crop mask (1 = background), the crop-relative keypoints and
+their joint map. ``G(..., w)["img"]`` (composited: known pixels returned as they are), ``(x+1)/2`` clamped ×255,
+optional HM (histogram.py), resize back to the expanded box (bicubic + antialias), paste only where image_mask
+(rounded once, the base class's paste). Regions arrive in paste order (ascending area) and each one sees the
+results of the ones before it: recursive stitching.
+
+Batching (beyond the reference, which runs every instance alone; ``batch``, default ``auto`` = on CUDA only, as
+on CPU a batch is not faster per instance): instances whose clip boxes (expanded box ∩ image) do not overlap
+cannot see each other's pixels, so they are grouped into waves (:func:`plan_waves`) and each wave runs through the
+generator in one forward pass per generator. A wave never contains two overlapping
+instances, and an instance joins a wave only when no earlier, not yet processed instance overlaps it, so every
+overlapping pair keeps its order: the result is the sequential one. To make it bit-identical, not just close, the
+generators' fully connected layers (the style affines) are evaluated row by row (a batched GEMM rounds differently
+from the batch-1 GEMV; convolutions and instance norm are already per-sample on CPU), which tests check. On CUDA
+cuDNN may pick other kernels per batch size, so batched and sequential agree to float rounding only there.
+
+HM / HM-LO (histogram.py) as the reference's HistogramMatchAnonymizer / LatentHistogramMatchAnonymizer. The
+reference's HM needs a person segmentation (maskrcnn_mask) and so works for bodies only; here faces use their
+face-box crop mask in its place. HM-LO optimises the instances of a batch together with a per-instance stop.
+
+Latents (latents.py): per instance from a generator seeded by (per-image seed, instance id), so results do not
+depend on worker count, order or batching. ``truncation: auto`` is the reference's dataset-script setting:
+multi-modal truncation (t = 0) for bodies, unimodal (t = 0, i.e. w_avg for everyone) for faces as in the COCO and
+Cityscapes face scripts (BDD100K faces used multi-modal: set ``truncation: multimodal``).
+
+HR faces (§3.5, ``tools/anonymization/coco/refine_faces.py``): after all faces are anonymized with FDF128, the
+faces passing the size criterion are re-anonymized, in ascending area order, with FDF256 on the FDF128 result:
+expanded box = the simple expansion (square of side 1.4·max(w, h) centred on the face box, may leave the image),
+256×256 crop, face-box mask, w = w_avg (truncation 0, unimodal), as the script. Criterion, ``hr_criterion``:
+
+* ``effective`` (default): what the reference actually computes. It calls the FDF expansion with the image shape
+  of an HWC array, i.e. (W, 3); its assertions fail and it falls back to the simple expansion by 0.7, so a face is
+  refined when (side of the square 1.7·max(w, h) centred on the box, int-rounded as the reference)² >= 128².
+* ``fdf128``: the intended rule, the FDF128 expanded box (the Region's exp_box) has area >= 128².
+
+Weights: ``weights: null`` looks every checkpoint up in the cache (avanon.weights.resolve); a mapping
+``{generator: path}`` names files (or directories) per generator (and ``"<generator>.w_centers": path`` a centres
+sidecar); a string is a directory holding the files; ``"random"`` builds randomly initialised generators with a
+fixed seed (tests and demos only; also in the tag). Missing checkpoints raise avanon.weights.WeightsError at
+construction: with ``region_model: auto`` the region kind is not known yet, so construction fails when neither the
+face set (fdf128 [+ fdf256 for hr_faces]) nor the body set (triagan288 + nocse288) is complete, and
+:meth:`RealisticAnonymizer.check_weights` (kind) checks one kind exactly; an explicit ``region_model`` is checked
+exactly at construction. Generators are loaded lazily on first use (cached per process), so building the
+anonymizer to validate a recipe costs no model load.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from avanon.anonymizers.base import (ANONYMIZERS, Anonymizer, AnonymizerConfigError, check_choice, check_int,
+                                     check_positive)
+from avanon.anonymizers.crops import (box_size, cut_pad, from_unit, paste, resize_from_crop, resize_to_crop,
+                                      to_unit)
+from avanon.anonymizers.histogram import HM_SIGMA, histogram_match, hmlo_optimize
+from avanon.anonymizers.latents import TRUNCATION_MODES, instance_seed, load_centers, resolve_device, sample_w
+from avanon.regions.base import Region
+
+FACE_MODELS = ("face_fdf128", "face_fdf256")
+BODY_MODELS = ("body_triagan288", "body_nocse288")
+GENERATORS = FACE_MODELS + BODY_MODELS
+REGION_MODELS = ("auto",) + GENERATORS
+MODEL_KIND = {m: "face" for m in FACE_MODELS} | {m: "body" for m in BODY_MODELS}
+CROP_SIZE = {"face_fdf128": (128, 128), "face_fdf256": (256, 256), "body_triagan288": (288, 160),
+             "body_nocse288": (288, 160)}
+HR_MIN_AREA = 128 * 128
+HR_CRITERIA = ("effective", "fdf128")
+FDF256_EXPANSION = 0.4  # expand_bbox_simple(box, 0.4) of the reference's fdf128_expand=False path
+EFFECTIVE_HR_EXPANSION = 0.7  # the fallback the reference's refine_faces.py ends up using (§3.5 bug)
+HISTOGRAM_MODES = ("none", "hm", "hmlo")
+DEFAULT_MAX_BATCH = 16
+RANDOM = "random"
+SUFFIX_CENTERS = ".w_centers"
+
+
+# ----------------------------------------------------------------------------------------------------- waves
+def boxes_overlap(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Whether two (x0, y0, x1, y1) boxes with exclusive ends share at least one pixel."""
+    return max(a[0], b[0]) < min(a[2], b[2]) and max(a[1], b[1]) < min(a[3], b[3])
+
+
+def plan_waves(boxes: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Group instances (in paste order) into waves that can run in one batch with the sequential result.
+
+    Greedy: walk the pending instances in order; one joins the current wave only if its box overlaps no box in the
+    wave AND no earlier pending instance that was deferred. Every pair of overlapping instances is then processed
+    in its original order (the earlier one in an earlier wave), and instances in one wave are pairwise disjoint.
+    Boxes are the clip boxes: the pixels an instance reads (its crop) and may write (its image_mask) lie inside.
+    """
+    pending = list(range(len(boxes)))
+    waves: list[list[int]] = []
+    while pending:
+        wave: list[int] = []
+        deferred: list[int] = []
+        for i in pending:
+            if any(boxes_overlap(boxes[i], boxes[j]) for j in wave) or \
+                    any(boxes_overlap(boxes[i], boxes[j]) for j in deferred):
+                deferred.append(i)
+            else:
+                wave.append(i)
+        waves.append(wave)
+        pending = deferred
+    return waves
+
+
+# ----------------------------------------------------------------------------------------------------- face geometry
+def _face_box_int(region: Region) -> tuple[int, int, int, int]:
+    from avanon.regions.geometry import outward_box, round_box, is_empty
+
+    box = region.extra.get("face_box_int") if region.extra else None
+    if box is None:
+        if region.face_box is None:
+            raise ValueError(f"region {region.instance_id}: a face region needs face_box")
+        box = round_box(region.face_box)
+        if is_empty(box):
+            box = outward_box(region.face_box)
+    return tuple(int(v) for v in box)
+
+
+def hr_qualifies(region: Region, criterion: str = "effective") -> bool:
+    """Whether a face is refined with FDF256 (module docstring)."""
+    from avanon.regions.geometry import box_area, expand_box_simple
+
+    if criterion == "fdf128":
+        return box_area(region.exp_box) >= HR_MIN_AREA
+    return box_area(expand_box_simple(_face_box_int(region), EFFECTIVE_HR_EXPANSION)) >= HR_MIN_AREA
+
+
+def fdf256_region(region: Region, imshape: tuple[int, int]) -> Optional[Region]:
+    """The FDF256 crop of a face region (the reference's fdf128_expand=False path): simple 0.4 expansion, 256×256,
+    face-box crop mask; image_mask = its paste-back view OR'ed with the face box (rounded outward, clipped), as
+    the FDF128 regions. None when the box is degenerate or outside the image."""
+    from avanon.regions.geometry import (clip_box, crop_to_clip, expand_box_simple, face_box_in_crop, is_empty,
+                                         outward_box, place)
+
+    box_i = _face_box_int(region)
+    exp_box = expand_box_simple(box_i, FDF256_EXPANSION)
+    if is_empty(exp_box):
+        return None
+    clip = clip_box(exp_box, imshape[0], imshape[1])
+    if is_empty(clip):
+        return None
+    size = CROP_SIZE["face_fdf256"]
+    crop_mask = np.zeros(size, dtype=bool)
+    cx0, cy0, cx1, cy1 = face_box_in_crop(box_i, exp_box, size)
+    crop_mask[cy0:cy1, cx0:cx1] = True
+    image_mask = crop_to_clip(crop_mask, exp_box, clip)
+    if region.face_box is not None:
+        cover = clip_box(outward_box(region.face_box), imshape[0], imshape[1])
+        cover = (max(cover[0], clip[0]), max(cover[1], clip[1]), min(cover[2], clip[2]), min(cover[3], clip[3]))
+        if not is_empty(cover):
+            image_mask |= place(np.ones((cover[3] - cover[1], cover[2] - cover[0]), dtype=bool), cover, clip)
+    return Region(instance_id=region.instance_id, kind="face", exp_box=exp_box, crop_size=size, crop_mask=crop_mask,
+                  clip_box=clip, image_mask=image_mask, area=region.area, face_box=region.face_box,
+                  extra={**(region.extra or {}), "face_box_int": box_i, "expansion": "simple0.4"})
+
+
+# ----------------------------------------------------------------------------------------------------- generators
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_cache() -> None:
+    """Forget the generators loaded in this process (they are shared by every RealisticAnonymizer)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _rowwise_linears(G: torch.nn.Module) -> torch.nn.Module:
+    """Evaluate every fully connected layer one row at a time, so that a sample's result does not depend on the
+    batch it is in (MKL's GEMM for M > 1 and GEMV for M = 1 round differently). In place, idempotent."""
+    from avanon.realistic.layers import FullyConnectedLayer
+
+    for m in G.modules():
+        if isinstance(m, (FullyConnectedLayer, torch.nn.Linear)) and not getattr(m, "_avanon_rowwise", False):
+            original = m.forward
+
+            def rowwise(x, _original=original):
+                if x.ndim == 2 and x.shape[0] > 1:
+                    return torch.cat([_original(x[i:i + 1]) for i in range(x.shape[0])])
+                return _original(x)
+
+            m.forward = rowwise
+            m._avanon_rowwise = True
+    return G
+
+
+def random_generator(name: str) -> torch.nn.Module:
+    """Generator `name` with random weights from a fixed seed (same in every process), w_avg = the mean of 4096
+    mapped samples and 512 mapped samples as multi-modal centres. For tests and demos only."""
+    from avanon.realistic import build_generator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(instance_seed(0, name, "random-weights"))
+        G = build_generator(name)
+    g = torch.Generator(device="cpu")
+    g.manual_seed(instance_seed(1, name, "random-weights"))
+    with torch.no_grad():
+        ws = G.style_net(torch.randn((4096, int(G.style_net.z_dim)), generator=g))
+        G.style_net.w_avg.copy_(ws.mean(0))
+        G.style_net.set_w_centers(ws[:512].clone())
+    return G.eval()
+
+
+ROWWISE_LINEARS = True  # benchmarks/realistic_batching.py --no-rowwise measures what it costs
+
+
+def _prepare_module(G: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    G = G.to(device).eval()
+    G.requires_grad_(False)  # HM-LO differentiates w.r.t. w only
+    return _rowwise_linears(G) if ROWWISE_LINEARS else G
+
+
+# ----------------------------------------------------------------------------------------------------- jobs
+@dataclass
+class _Job:
+    region: Region  # the geometry used (an FDF256 region for HR faces)
+    model: str
+    truncation: tuple  # (mode, value)
+    salt: str = ""
+
+
+@dataclass
+class _Crop:
+    inputs: dict
+    real: np.ndarray  # uint8 crop at the generator's resolution
+    undilated: np.ndarray  # bool person mask in crop space (HM)
+    extra: dict = field(default_factory=dict)
+
+
+def _check_bool(owner: str, key: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise AnonymizerConfigError(f"{owner}: parameter {key!r} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _check_number(owner: str, key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or not lo <= value <= hi:
+        raise AnonymizerConfigError(f"{owner}: parameter {key!r} must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+@ANONYMIZERS.register("realistic")
+class RealisticAnonymizer(Anonymizer):
+    """DeepPrivacy2-compatible realistic anonymization (module docstring). Params:
+
+    region_model  auto | face_fdf128 | face_fdf256 | body_triagan288 | body_nocse288 (one generator for every
+                  region of its kind; triagan gets empty keypoint maps for instances without keypoints)
+    hr_faces      false | true: "Realistic + HR faces" (FDF256 refinement of large faces)
+    hr_criterion  effective (default, the reference's actual rule) | fdf128 (the intended one)
+    weights       null (cache) | {generator: path, "<generator>.w_centers": path} | directory | "random"
+    truncation    auto (bodies multimodal, faces unimodal) | multimodal | unimodal | none
+    truncation_value  t in [0, 1] for multimodal / unimodal (default 0, the reference's); null for none
+    histogram     none | hm | hmlo;  hm_sigma (10);  hmlo_steps (100), hmlo_threshold (0.02), hmlo_lr (1e-3)
+    device        auto | cpu | cuda[:i]
+    batch         auto (default: true on CUDA, false on CPU, where batching measured slower per instance) |
+                  true (waves of non-overlapping instances, at most 16 per forward) | false (batch 1, the
+                  reference) | an integer maximum batch size; the output does not depend on it on CPU
+    """
+
+    name = "realistic"
+    defaults = {
+        "region_model": "auto",
+        "hr_faces": False,
+        "hr_criterion": "effective",
+        "weights": None,
+        "truncation": "auto",
+        "truncation_value": None,
+        "histogram": "none",
+        "hm_sigma": HM_SIGMA,
+        "hmlo_steps": 100,
+        "hmlo_threshold": 0.02,
+        "hmlo_lr": 1e-3,
+        "device": "auto",
+        "batch": "auto",
+    }
+
+    def __init__(self, params: Optional[Mapping[str, Any]] = None):
+        super().__init__(params)
+        self._paths: dict[str, Any] = {}
+        self._generators: dict[str, torch.nn.Module] = {}
+        self.last_hmlo = []  # HMLOResult of every HM-LO batch of the last anonymize() call (diagnostics, tests)
+        # Construction validates parameters only (recipes validate without the files); the mirror writer calls
+        # check_weights(kind) before any image, so a run without its weights stops before any work.
+
+    # ------------------------------------------------------------------------------------------------- params
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        n = self.name
+        p = dict(params)
+        p["region_model"] = check_choice(n, "region_model", p["region_model"], REGION_MODELS)
+        p["hr_faces"] = _check_bool(n, "hr_faces", p["hr_faces"])
+        p["hr_criterion"] = check_choice(n, "hr_criterion", p["hr_criterion"], HR_CRITERIA)
+        if p["hr_faces"] and p["region_model"] not in ("auto", "face_fdf128"):
+            raise AnonymizerConfigError(f"{n}: hr_faces refines FDF128 faces; it needs region_model auto or "
+                                        f"face_fdf128, got {p['region_model']!r}")
+        p["weights"] = self._check_weights_param(p["weights"])
+        p["truncation"] = check_choice(n, "truncation", p["truncation"], ("auto",) + TRUNCATION_MODES)
+        t = p["truncation_value"]
+        if p["truncation"] == "none":
+            if t is not None:
+                raise AnonymizerConfigError(f"{n}: truncation 'none' takes no truncation_value (got {t!r})")
+        else:
+            p["truncation_value"] = 0.0 if t is None else _check_number(n, "truncation_value", t, 0.0, 1.0)
+        p["histogram"] = check_choice(n, "histogram", p["histogram"], HISTOGRAM_MODES)
+        p["hm_sigma"] = check_positive(n, "hm_sigma", p["hm_sigma"])
+        p["hmlo_steps"] = check_int(n, "hmlo_steps", p["hmlo_steps"], 1)
+        p["hmlo_threshold"] = _check_number(n, "hmlo_threshold", p["hmlo_threshold"], 0.0, float("inf"))
+        p["hmlo_lr"] = check_positive(n, "hmlo_lr", p["hmlo_lr"])
+        device = p["device"]
+        if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
+            raise AnonymizerConfigError(f"{n}: parameter 'device' must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}")
+        batch = p["batch"]
+        if batch == "auto":
+            pass
+        elif isinstance(batch, (bool, np.bool_)):
+            p["batch"] = bool(batch)
+        else:
+            p["batch"] = check_int(n, "batch", batch, 1)
+        return p
+
+    def _check_weights_param(self, weights: Any) -> Any:
+        n = self.name
+        if weights is None or weights == RANDOM:
+            return weights
+        if isinstance(weights, str):
+            if not weights.strip():
+                raise AnonymizerConfigError(f"{n}: parameter 'weights' must not be empty")
+            return weights
+        if isinstance(weights, Mapping):
+            out = {}
+            allowed = set(GENERATORS) | {g + SUFFIX_CENTERS for g in GENERATORS}
+            for key, value in weights.items():
+                if key not in allowed:
+                    raise AnonymizerConfigError(f"{n}: parameter 'weights' has unknown key {key!r}; known: "
+                                                f"{', '.join(GENERATORS)} (and '<generator>{SUFFIX_CENTERS}')")
+                if value is not None and (not isinstance(value, str) or not value.strip()):
+                    raise AnonymizerConfigError(f"{n}: weights[{key!r}] must be a path or null, got {value!r}")
+                out[key] = value
+            return out
+        raise AnonymizerConfigError(f"{n}: parameter 'weights' must be null, 'random', a directory or a mapping "
+                                    f"generator -> path, got {weights!r}")
+
+    @property
+    def tag(self) -> str:
+        p, d = self._params, self.defaults
+        tag = self.name
+        if p["region_model"] != "auto":
+            tag += "_" + p["region_model"]
+        if p["hr_faces"]:
+            tag += "_hr_faces" + ("" if p["hr_criterion"] == "effective" else f"_{p['hr_criterion']}")
+        if p["truncation"] != "auto":
+            tag += f"_trunc_{p['truncation']}"
+        if p["truncation"] != "none" and p["truncation_value"] != 0.0:
+            tag += f"_t{p['truncation_value']:g}"
+        if p["histogram"] == "hm":
+            tag += "_hm" + ("" if p["hm_sigma"] == d["hm_sigma"] else f"_sigma{p['hm_sigma']:g}")
+        elif p["histogram"] == "hmlo":
+            tag += "_hmlo"
+            if p["hmlo_steps"] != d["hmlo_steps"]:
+                tag += f"_steps{p['hmlo_steps']}"
+            if p["hmlo_threshold"] != d["hmlo_threshold"]:
+                tag += f"_thr{p['hmlo_threshold']:g}"
+            if p["hmlo_lr"] != d["hmlo_lr"]:
+                tag += f"_lr{p['hmlo_lr']:g}"
+        if p["weights"] == RANDOM:
+            tag += "_randomweights"
+        return tag
+
+    # ------------------------------------------------------------------------------------------------- weights
+    def models_for(self, kind: str) -> list[str]:
+        """The generators regions of `kind` ("face" | "body") may need with these params."""
+        rm = self._params["region_model"]
+        if rm != "auto":
+            if MODEL_KIND[rm] != kind:
+                return []
+            return [rm] + (["face_fdf256"] if self._params["hr_faces"] else [])
+        if kind == "face":
+            return ["face_fdf128"] + (["face_fdf256"] if self._params["hr_faces"] else [])
+        return ["body_triagan288", "body_nocse288"]
+
+    def _explicit_path(self, model: str) -> Optional[str]:
+        w = self._params["weights"]
+        if isinstance(w, str):
+            return w
+        if isinstance(w, Mapping):
+            return w.get(model)
+        return None
+
+    def _resolve(self, model: str):
+        if model in self._paths:
+            return self._paths[model]
+        from avanon.weights import resolve
+
+        path = resolve(model, self._explicit_path(model))
+        self._paths[model] = path
+        return path
+
+    def check_weights(self, kind: Optional[str] = None) -> None:
+        """Raise avanon.weights.WeightsError unless every checkpoint regions of `kind` (default: both kinds that
+        region_model allows) may need is present and verified. Free for weights 'random'."""
+        if self._params["weights"] == RANDOM:
+            return
+        from avanon.weights import WeightsError
+
+        kinds = [kind] if kind else ["face", "body"]
+        errors = []
+        for k in kinds:
+            for model in self.models_for(k):
+                try:
+                    self._resolve(model)
+                except WeightsError as exc:
+                    errors.append(f"[{model}, needed for {k} regions] {exc}")
+        if errors:
+            raise WeightsError(f"{self.name}: missing checkpoint(s):\n" + "\n".join(errors))
+
+    def _needs_centers(self, model: str) -> bool:
+        """Whether jobs on `model` use multi-modal truncation (the HR refinement always uses w_avg)."""
+        if model == "face_fdf256" and self._params["hr_faces"]:
+            return False
+        return self._truncation(MODEL_KIND[model])[0] == "multimodal"
+
+    def _centers_path(self, model: str) -> Optional[str]:
+        """The default centres sidecar of `model` in the weights cache, if it exists."""
+        from avanon.weights import centers_path
+
+        p = centers_path(model)
+        return str(p) if p.is_file() else None
+
+    def _device(self) -> torch.device:
+        return resolve_device(self._params["device"])
+
+    def generator(self, model: str) -> torch.nn.Module:
+        """The loaded generator `model` (eval mode, on the device), cached per process."""
+        if model in self._generators:
+            return self._generators[model]
+        device = self._device()
+        needs_centers = self._needs_centers(model)
+        if self._params["weights"] == RANDOM:
+            key = (model, RANDOM, None, str(device))
+            with _CACHE_LOCK:
+                if key not in _CACHE:
+                    _CACHE[key] = _prepare_module(random_generator(model), device)
+        else:
+            from avanon.realistic import load_generator
+            from avanon.weights import WeightsError
+
+            path = self._resolve(model)
+            explicit = self._params["weights"].get(model + SUFFIX_CENTERS) \
+                if isinstance(self._params["weights"], Mapping) else None
+            centers = (explicit or self._centers_path(model)) if needs_centers else None
+            key = (model, str(path), centers, str(device))
+            with _CACHE_LOCK:
+                if key not in _CACHE:
+                    G = load_generator(model, path)
+                    # an explicitly named centres file wins; the default sidecar only fills a checkpoint without
+                    if centers is not None and (explicit or not G.style_net.has_w_centers):
+                        G.style_net.set_w_centers(load_centers(centers))
+                    if needs_centers and not G.style_net.has_w_centers:
+                        raise WeightsError(
+                            f"{self.name}: multi-modal truncation needs the k-means centres of w for {model}, and "
+                            f"{path} has none. Compute them once with `avanon weights compute-centers {model}` "
+                            f"(a sidecar file in the weights cache, picked up automatically), or name a centres "
+                            f"file in weights['{model}{SUFFIX_CENTERS}'], or use truncation 'unimodal'.")
+                    _CACHE[key] = _prepare_module(G, device)
+        self._generators[model] = _CACHE[key]
+        return self._generators[model]
+
+    def prepare(self, kind: Optional[str] = None) -> None:
+        """Load the generators of `kind` (default: both) now instead of at the first image."""
+        for k in ([kind] if kind else ["face", "body"]):
+            for model in self.models_for(k):
+                self.generator(model)
+
+    # ------------------------------------------------------------------------------------------------- planning
+    def _truncation(self, kind: str) -> tuple[str, Optional[float]]:
+        mode = self._params["truncation"]
+        if mode == "auto":
+            mode = "multimodal" if kind == "body" else "unimodal"
+        return mode, (None if mode == "none" else self._params["truncation_value"])
+
+    def _model_for(self, region: Region) -> str:
+        rm = self._params["region_model"]
+        if rm != "auto":
+            if MODEL_KIND[rm] != region.kind:
+                raise ValueError(f"region {region.instance_id}: region_model {rm} cannot anonymize a "
+                                 f"{region.kind} region")
+            return rm
+        if region.kind == "face":
+            return "face_fdf128"
+        if region.kind == "body":
+            kp = region.keypoints
+            has_kp = kp is not None and bool((np.asarray(kp, dtype=np.float32).reshape(-1, 3)[:, 2] > 0).any())
+            return "body_triagan288" if has_kp else "body_nocse288"
+        raise ValueError(f"region {region.instance_id}: unknown region kind {region.kind!r}")
+
+    def _primary_jobs(self, regions: Sequence[Region], imshape) -> list[_Job]:
+        jobs = []
+        for r in regions:
+            model = self._model_for(r)
+            geom = r
+            if model == "face_fdf256":
+                geom = fdf256_region(r, imshape)
+                if geom is None:
+                    raise ValueError(f"region {r.instance_id}: degenerate face box for the FDF256 crop")
+            jobs.append(_Job(geom, model, self._truncation(r.kind)))
+        return jobs
+
+    def _hr_jobs(self, regions: Sequence[Region], imshape) -> list[_Job]:
+        jobs = []
+        for r in regions:
+            if r.kind != "face" or not hr_qualifies(r, self._params["hr_criterion"]):
+                continue
+            geom = fdf256_region(r, imshape)
+            if geom is not None and geom.image_mask.any():
+                # refine_faces.py: truncation_value=0, multi_modal_truncation=False -> w_avg
+                jobs.append(_Job(geom, "face_fdf256", ("unimodal", 0.0), salt="fdf256"))
+        return jobs
+
+    # ------------------------------------------------------------------------------------------------- running
+    def anonymize(self, image: np.ndarray, regions: Sequence[Region], seed: int = 0) -> np.ndarray:
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
+                and image.shape[2] == 3):
+            raise ValueError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', None)} "
+                             f"{getattr(image, 'dtype', type(image).__name__)}")
+        self.last_hmlo = []
+        out = image.copy()
+        imshape = image.shape[:2]
+        todo = [r for r in regions
+                if r.clip_box[2] > r.clip_box[0] and r.clip_box[3] > r.clip_box[1] and r.image_mask.any()]
+        self._run_pass(out, self._primary_jobs(todo, imshape), seed)
+        if self._params["hr_faces"]:
+            self._run_pass(out, self._hr_jobs(todo, imshape), seed)
+        return out
+
+    def _max_batch(self) -> int:
+        b = self._params["batch"]
+        if b == "auto":  # batching pays on a GPU; on CPU it is slower per instance (benchmarks/realistic_batching.py)
+            return DEFAULT_MAX_BATCH if self._device().type == "cuda" else 1
+        return DEFAULT_MAX_BATCH if b is True else 1 if b is False else int(b)
+
+    def _run_pass(self, out: np.ndarray, jobs: list[_Job], seed: int) -> None:
+        if not jobs:
+            return
+        max_batch = self._max_batch()
+        waves = plan_waves([j.region.clip_box for j in jobs]) if max_batch > 1 else [[i] for i in range(len(jobs))]
+        for wave in waves:
+            by_model: dict[str, list[int]] = {}
+            for i in wave:
+                by_model.setdefault(jobs[i].model, []).append(i)
+            for model, idxs in by_model.items():
+                for s in range(0, len(idxs), max_batch):
+                    chunk = [jobs[i] for i in idxs[s:s + max_batch]]
+                    # instances of one wave are disjoint: pasting one does not change another's crop
+                    for job, patch in zip(chunk, self._generate(out, chunk, seed)):
+                        paste(out, job.region, patch)
+
+    def _crop(self, image: np.ndarray, job: _Job) -> _Crop:
+        r = job.region
+        ch, cw = CROP_SIZE[job.model]
+        if tuple(r.crop_size) != (ch, cw) or tuple(r.crop_mask.shape) != (ch, cw):
+            raise ValueError(f"region {r.instance_id}: crop size {tuple(r.crop_size)} / crop_mask "
+                             f"{r.crop_mask.shape} does not fit generator {job.model} ({ch}x{cw})")
+        kind = MODEL_KIND[job.model]
+        crop = cut_pad(image, r.exp_box)
+        small = resize_to_crop(crop, (ch, cw), kind, decide_size=box_size(r.clip_box))
+        img = torch.from_numpy(to_unit(small)).permute(2, 0, 1).unsqueeze(0).contiguous()
+        keep = torch.from_numpy(~r.crop_mask).to(torch.float32)[None, None]
+        inputs = {"img": img, "condition": img * keep, "mask": keep}
+        undilated = r.crop_mask
+        if kind == "body":
+            und = (r.extra or {}).get("crop_mask_undilated")
+            if und is not None:
+                undilated = np.asarray(und, dtype=bool)
+        if job.model == "body_triagan288":
+            from avanon.realistic import joint_map
+
+            inputs["maskrcnn_mask"] = torch.from_numpy(~undilated).to(torch.float32)[None, None]
+            kp = np.zeros((17, 3), np.float32) if r.keypoints is None \
+                else np.asarray(r.keypoints, dtype=np.float32).reshape(-1, 3)
+            if kp.shape[0] != 17:
+                raise ValueError(f"region {r.instance_id}: TriA-GAN needs the 17 COCO keypoints, got {kp.shape[0]}")
+            kpt = torch.from_numpy(kp.copy())[None]
+            inputs["keypoints"] = kpt
+            inputs["joint_map"] = joint_map(kpt, ch, cw)
+        return _Crop(inputs, small, undilated)
+
+    def _generate(self, image: np.ndarray, jobs: list[_Job], seed: int) -> list[np.ndarray]:
+        """Anonymized expanded-box patches (float32 [0, 255]) of jobs that share a generator."""
+        model = jobs[0].model
+        G = self.generator(model)
+        device = self._device()
+        crops = [self._crop(image, job) for job in jobs]
+        batch = {k: torch.cat([c.inputs[k] for c in crops]).to(device) for k in crops[0].inputs}
+        w = torch.cat([sample_w(G.style_net, job.truncation[0], job.truncation[1], seed, job.region.instance_id,
+                                job.salt) for job in jobs])
+        if self._params["histogram"] == "hmlo":
+            def forward(wa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                idx = rows.to(device)
+                return G(**{k: v.index_select(0, idx) for k, v in batch.items()}, w=wa)["img"]
+
+            result = hmlo_optimize(forward, (batch["img"] + 1) / 2, w, steps=self._params["hmlo_steps"],
+                                   threshold=self._params["hmlo_threshold"], lr=self._params["hmlo_lr"])
+            self.last_hmlo.append(result)
+            images = result.images
+        else:
+            with torch.inference_mode():
+                images = G(**batch, w=w)["img"]
+        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+        patches = []
+        for job, c, x in zip(jobs, crops, images):
+            gen = from_unit(x)
+            if self._params["histogram"] == "hm":
+                gen = histogram_match(gen, c.real, c.undilated, float(self._params["hm_sigma"]))
+            patches.append(resize_from_crop(gen, box_size(job.region.exp_box)))
+        return patches
+
