@@ -57,6 +57,9 @@ class MirrorJob:
     # identity so that, e.g., an edited face-box file is not mixed into an existing mirror.
     region_description: Optional[dict] = None
     link: str = "copy"  # how untouched files are reproduced; not part of the identity (same bytes either way)
+    keypoints_provider: str = "annotations"
+    keypoints_params: Optional[dict] = None
+    split: str = "train"
 
     def settings(self) -> dict:
         """What makes two runs produce the same mirror (paths excluded so a moved dataset still resumes)."""
@@ -134,9 +137,29 @@ def _tools(job: MirrorJob):
 
         selector = build_region_selector(job.region, job.region_params, job.filters, Path(job.source_root),
                                          job.target_categories)
+        keypoints = None
+        if job.keypoints_provider != "annotations":
+            from avanon.keypoints import build_keypoint_provider
+
+            keypoints = build_keypoint_provider(job.keypoints_provider, job.keypoints_params, Path(job.source_root),
+                                                split=job.split, target_categories=job.target_categories)
         _WORKER_CACHE.clear()
-        _WORKER_CACHE[key] = (selector, build_anonymizer(job.method, job.method_params))
+        _WORKER_CACHE[key] = (selector, build_anonymizer(job.method, job.method_params), keypoints)
     return _WORKER_CACHE[key]
+
+
+def check_tools(job: MirrorJob) -> None:
+    """Fail before any image when the method cannot run at all (e.g. generator weights are missing): that is
+    not a per-image failure."""
+    _, anonymizer, _ = _tools(job)
+    check = getattr(anonymizer, "check_weights", None)
+    if check is not None:
+        from avanon.weights import WeightsError
+
+        try:
+            check(job.region)
+        except WeightsError as exc:
+            raise MirrorError(str(exc)) from None
 
 
 def _limit_threads() -> None:
@@ -156,7 +179,8 @@ def _limit_threads() -> None:
 
 def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> dict:
     """Anonymize (or copy) one image into the mirror and return its manifest line. Never raises for a bad
-    image: the failure is recorded and no file is written. Raises only for a full or read-only disk."""
+    image: the failure is recorded and no file is written. Raises only for a full or read-only disk.
+    write=False (dry run): select regions and return the planned line without touching pixels."""
     src = Path(job.source_root) / record.file_name
     dst = Path(job.out_dir) / record.file_name
     seed = image_seed(job.seed, record.file_name)
@@ -169,10 +193,12 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> di
             raise ImageReadError(f"missing image file {src}")
         source = src.read_bytes()  # read once: hashed, copied or decoded from memory
         line["source_sha256"] = sha256_bytes(source)
-        selector, anonymizer = _tools(job)
+        selector, anonymizer, keypoints = _tools(job)
         loaded = None
-        if getattr(selector, "needs_image", False):
+        if getattr(selector, "needs_image", False) or getattr(keypoints, "needs_image", False):
             loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
+        if keypoints is not None:
+            record = keypoints.apply(record, None if loaded is None else loaded.pixels)
         selection = selector.select(record, None if loaded is None else loaded.pixels)
         if record.problems:  # found during selection (a mask that does not fit its box, a bad face-file index)
             raise ImageReadError("annotation problems: " + "; ".join(record.problems))
@@ -185,6 +211,9 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> di
                 atomic_write_bytes(dst, source)
             line["output_sha256"] = line["source_sha256"]
             line["status"] = "copied"
+            return line
+        if not write:  # a dry run plans: which instances would change; no pixels, no generator
+            line["status"] = "anonymized"
             return line
         if loaded is None:
             loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
@@ -337,6 +366,8 @@ def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_i
     k, n = shard
     if not (n >= 1 and 0 <= k < n):
         raise MirrorError(f"invalid shard {k}/{n}: expected k/N with 0 <= k < N")
+    if not dry_run:
+        check_tools(job)
     summary = MirrorSummary(out_dir=str(out_dir), dry_run=dry_run)
     summary.dataset_problems = list(adapter.dataset_problems())
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from typing import Optional
 
 from dataset_adapters import build_adapter
 from avanon.imageio import atomic_write_bytes
-from avanon.mirror import MirrorJob, MirrorSummary, write_mirror
+from avanon.mirror import MirrorError, MirrorJob, MirrorSummary, check_tools, write_mirror
 from avanon.recipe import RecipeError
 
 
@@ -37,6 +37,15 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
         if missing:
             raise RecipeError(f"{src}: --only {missing[0]}: no anonymize entry has that name; have: {', '.join(sorted(names))}")
         entries = [e for e in entries if e["name"] in only]
+    kp = recipe["keypoints"]
+    if kp["provider"] != "annotations":
+        from avanon.keypoints import build_keypoint_provider
+
+        try:
+            build_keypoint_provider(kp["provider"], kp["params"], adapter.root, split=recipe["dataset"]["split"],
+                                    target_categories=adapter.target_categories)
+        except Exception as exc:
+            raise RecipeError(f"{src}: keypoints: {exc}") from None
     out = []
     for entry in entries:
         kind = entry["region"]
@@ -60,6 +69,9 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
             png_compression=recipe["output"]["png_compression"],
             region_description=region_identity(selector),
             link=recipe["output"]["link"],
+            keypoints_provider=recipe["keypoints"]["provider"],
+            keypoints_params=recipe["keypoints"]["params"],
+            split=recipe["dataset"]["split"],
         )
         out.append((entry, job))
     return out
@@ -99,6 +111,13 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
     if not jobs and not study_enabled(recipe):
         print(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
         return 0
+    for entry, job in jobs:  # every mirror's method must be able to run before any of them starts
+        try:
+            check_tools(job)
+        except MirrorError as exc:
+            if not dry_run:
+                raise
+            print(f"{entry['name']}: WARNING: {exc}")
     dataset_info = dict(ds, root=str(Path(ds["root"]).resolve()))
     failed = 0
     for entry, job in jobs:

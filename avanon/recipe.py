@@ -81,6 +81,12 @@ SCHEMA: dict[str, Any] = {
         "face": _Field(_dict, default={}),
     },
     "filters": _Field(_dict, default={}),
+    # Keypoints for the keypoint-guided body generator: annotations (COCO) | file (the reference's
+    # annotated_keypoints JSON) | estimator (top-down pose model on each mask box).
+    "keypoints": {
+        "provider": _Field(_str, default="annotations"),
+        "params": _Field(_dict, default={}),
+    },
     "anonymize": _Field(_list, default=[]),
     "output": {
         "root": _Field(_str, default="out"),

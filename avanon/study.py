@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +33,7 @@ STUDY_SCHEMA = {
     "paper_table": _Field(lambda v: None if v in (1, 2, 3, 4) else f"must be 1, 2, 3 or 4, got {v!r}", default=None),
     "metrics": _Field(_list, default=[]),  # report columns; empty: every metric the runs have
     "val_split": _Field(_str, default="val"),
+    "depths": _Field(_list, default=[]),  # ResNet depth ablation (Paper F Fig. 8): one run per depth; empty: config's
     "mirrors": _Field(_list, default=[]),  # names of the anonymize entries to train on; empty: all of them
     "config": _Field(_dict, default={}),  # avanon.training.engine config (model, solver, data options...)
 }
@@ -112,8 +114,20 @@ def _runs(recipe: dict, mirrors: list[tuple[dict, Path]]) -> list[tuple[str, str
         if study["mirrors"] and entry["name"] not in study["mirrors"]:
             continue
         variant = "_".join(v for v in (study["variant"], entry.get("variant") or "") if v)
-        out.append((entry["name"], entry["region"], entry["method"], variant, path))
+        out.append((entry["name"], entry["region"], report_method(entry), variant, path))
     return out
+
+
+def report_method(entry: dict) -> str:
+    """The method's name in results and reports, as Paper F's rows: realistic, realistic_hm, realistic_hmlo,
+    realistic_hr_faces; other methods by their registry name."""
+    method, params = entry["method"], entry.get("params") or {}
+    if method == "realistic":
+        if params.get("hr_faces"):
+            return "realistic_hr_faces"
+        if params.get("histogram") in ("hm", "hmlo"):
+            return f"realistic_{params['histogram']}"
+    return method
 
 
 def _finished(results_path: Path) -> set[tuple[str, int]]:
@@ -132,10 +146,13 @@ def result_metrics(evaluation: Optional[dict]) -> dict:
     """The paper's metrics of a run plus the COCO-style box metrics (box_AP, box_AP50, box_AP_<class>)."""
     if not evaluation or not evaluation.get("paper"):
         return {}
-    metrics = {k: v for k, v in evaluation["paper"].items() if isinstance(v, (int, float))}
+    def number(v):  # classes absent from the val split give NaN: left out, not reported as a number
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    metrics = {k: v for k, v in evaluation["paper"].items() if number(v)}
     bbox = (evaluation.get("coco") or {}).get("bbox") or {}
     for k, v in bbox.items():
-        if isinstance(v, (int, float)) and (k in ("AP", "AP50") or k.startswith("AP_")):
+        if number(v) and (k in ("AP", "AP50") or k.startswith("AP_")):
             metrics.setdefault(f"box_{k}", v)
     return metrics
 
@@ -151,33 +168,35 @@ def run_study(recipe: dict, mirrors: list[tuple[dict, Path]], *, test_only: bool
     results_path = sdir / RESULTS
     done = set() if test_only else _finished(results_path)
     trainer = TRAINERS.get(study["trainer"])
-    depth = int(study["config"].get("model", {}).get("depth", 50))
+    depths = study["depths"] or [int(study["config"].get("model", {}).get("depth", 50))]
     dataset_name = recipe["dataset"]["adapter"]
-    for name, region, method, variant, mirror_dir in _runs(recipe, mirrors):
-        for seed in study["seeds"]:
-            out = sdir / "runs" / name / f"seed{seed}"
-            if (name, int(seed)) in done:
-                progress_print(f"study {name} seed {seed}: done earlier ({out})")
-                continue
-            cfg = run_config(recipe, mirror_dir, seed, out)
-            if dry_run:
-                progress_print(f"study {name} seed {seed}: would train on {cfg['data']['image_root']} -> {out}")
-                continue
-            resume = (out / CHECKPOINT).is_file() and not test_only
-            progress_print(f"study {name} seed {seed}: {'resuming' if resume else 'training'} -> {out}")
-            trainer(cfg, out, resume=resume, test_only=test_only)
-            evaluation = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else None
-            metrics = result_metrics(evaluation)
-            if not metrics:
-                raise RuntimeError(f"run {out} produced no metrics (see {out / 'log.jsonl'})")
-            line = {"dataset": dataset_name, "task": study["task"], "model": study["model"], "depth": depth,
-                    "region": region, "method": method, "variant": variant, "mirror": name, "seed": int(seed),
-                    "metrics": metrics, "paper_table": study["paper_table"], "run_dir": str(out)}
-            sdir.mkdir(parents=True, exist_ok=True)
-            with open(results_path, "a") as f:
-                f.write(json.dumps(line, sort_keys=True) + "\n")
-            progress_print(f"study {name} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()
-                                                                    if isinstance(v, (int, float))))
+    for depth, (name, region, method, variant, mirror_dir), seed in (
+            (d, r, s) for d in depths for r in _runs(recipe, mirrors) for s in study["seeds"]):
+        key = name if not study["depths"] else f"{name}@r{depth}"
+        out = sdir / "runs" / name / (f"seed{seed}" if not study["depths"] else f"r{depth}_seed{seed}")
+        if (key, int(seed)) in done:
+            progress_print(f"study {key} seed {seed}: done earlier ({out})")
+            continue
+        cfg = run_config(recipe, mirror_dir, seed, out)
+        cfg.setdefault("model", {})["depth"] = depth
+        if dry_run:
+            progress_print(f"study {name} seed {seed}: would train on {cfg['data']['image_root']} -> {out}")
+            continue
+        resume = (out / CHECKPOINT).is_file() and not test_only
+        progress_print(f"study {name} seed {seed}: {'resuming' if resume else 'training'} -> {out}")
+        trainer(cfg, out, resume=resume, test_only=test_only)
+        evaluation = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else None
+        metrics = result_metrics(evaluation)
+        if not metrics:
+            raise RuntimeError(f"run {out} produced no metrics (see {out / 'log.jsonl'})")
+        line = {"dataset": dataset_name, "task": study["task"], "model": study["model"], "depth": depth,
+                "region": region, "method": method, "variant": variant, "mirror": key, "seed": int(seed),
+                "metrics": metrics, "paper_table": study["paper_table"], "run_dir": str(out)}
+        sdir.mkdir(parents=True, exist_ok=True)
+        with open(results_path, "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+        progress_print(f"study {name} seed {seed}: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics.items()
+                                                                if isinstance(v, (int, float))))
     if not dry_run:
         from avanon.report import write_report
 

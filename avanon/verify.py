@@ -140,12 +140,14 @@ def _check_image(job: MirrorJob, record, line: Optional[dict], mirror: Path, roo
     src_sha = sha256_file(root / rel)
     if src_sha != line.get("source_sha256"):
         report.errors.append(f"{rel}: the source image changed since the mirror was made")
-    selector, anonymizer = _tools(job)
+    selector, anonymizer, keypoints = _tools(job)
     try:
         src = read_image(root / rel, (record.width, record.height), job.exif_frame)
     except ImageReadError as exc:
         report.errors.append(f"{rel}: source cannot be read: {exc}")
         return
+    if keypoints is not None:
+        record = keypoints.apply(record, src.pixels)
     selection = selector.select(record, src.pixels)
     expected_ids = [r.instance_id for r in selection.regions]
     if sorted(expected_ids) != sorted(line.get("anonymized", [])):
