@@ -1,13 +1,15 @@
 """Training throughput of the torchvision trainer on CPU: images/s per iteration for ResNet-18 and ResNet-50 FPN
-Mask R-CNN at the demo size, and the ratio R-50 / R-18 (seconds per iteration).
+Mask R-CNN at the demo size (short side 128, batch 2, the demo's reduced head widths), and the ratio R-50 / R-18.
 
     python benchmarks/train_throughput.py                       # demo config, R-18 and R-50
-    python benchmarks/train_throughput.py --depth 18 --iters 10 --set fpn_channels=256 --min-size 256 --max-size 512
+    python benchmarks/train_throughput.py --amp bf16 --threads 1
+    python benchmarks/train_throughput.py --standard --min-size 256 --max-size 512   # torchvision's widths
 
 Real synthetic street scenes go through the real DetectionDataset (so the number of positive ROIs, which drives
 the mask head's cost, is realistic). Each depth runs `--warmup` untimed iterations, then `--iters` timed ones.
 Besides wall time it reports the process CPU time per iteration (user + system of all threads): on a machine shared
-with other jobs, wall time is inflated by contention, CPU time much less so.
+with other jobs, wall time is inflated by contention, CPU time much less so (and with 2 threads on 2 busy cores
+OpenMP's spin-waiting makes wall time useless: measure with --threads 1 there).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # The demo model (recipes/demo.yaml, train.model); --set key=value overrides the model options.
-DEMO_MODEL = {"fpn_channels": 128, "representation_size": 256, "mask_head_channels": 128, "mask_head_layers": 2,
+DEMO_MODEL = {"fpn_channels": 64, "representation_size": 256, "mask_head_channels": 128, "mask_head_layers": 2,
               "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500, "rpn_pre_nms_top_n_test": 500,
               "rpn_post_nms_top_n_test": 300, "box_batch_size_per_image": 128}
 
@@ -51,7 +53,8 @@ def bench(depth: int, dataset, args, options: dict) -> dict:
     for i in range(args.warmup + args.iters):
         images, targets = collate([dataset[next(it)] for _ in range(args.batch)])
         t0, c0 = time.perf_counter(), _cpu_seconds()
-        losses = model(list(images), list(targets))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            losses = model(list(images), list(targets))
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,9 +70,10 @@ def bench(depth: int, dataset, args, options: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--depth", type=int, nargs="+", default=[18, 50])
-    p.add_argument("--min-size", type=int, nargs="+", default=[224])
-    p.add_argument("--max-size", type=int, default=448)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--min-size", type=int, nargs="+", default=[128])
+    p.add_argument("--max-size", type=int, default=256)
+    p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast (CPU)")
+    p.add_argument("--batch", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -96,8 +100,9 @@ def main(argv=None) -> int:
         root = Path(args.data) if args.data else generate(Path(tmp) / "synthetic", "cityscapes",
                                                           {"train": 16, "val": 0}, seed=0)
         dataset = DetectionDataset(build_adapter("cityscapes", root, "train", categories="all"), train=True)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; batch "
-              f"{args.batch}, min_size {args.min_size}, max_size {args.max_size}, model options {options}")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f}; batch {args.batch}, min_size {args.min_size}, max_size {args.max_size}, "
+              f"amp {args.amp}, model options {options}")
         results = []
         for depth in args.depth:
             r = bench(depth, dataset, args, options)

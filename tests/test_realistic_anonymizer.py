@@ -465,3 +465,24 @@ def test_hmlo_end_to_end_batched_equals_sequential(face_scene):
     inside = union_mask(regions, FACE_SHAPE)
     assert np.array_equal(out[~inside], image[~inside])
     assert not np.array_equal(out, outs["batched"])  # one Adam step moved w
+
+
+@pytest.mark.slow
+def test_realistic_faces_through_the_cli_with_random_weights(tmp_path, capsys):
+    """End to end through the CLI on synthetic data; `weights: random` is for tests only and is stamped into the
+    manifest and the mirror's name."""
+    import json
+
+    from avanon.cli import main
+
+    args = ["anonymize", "--dataset", "synthetic", "--root", str(tmp_path / "data"), "--option", "num_train=2",
+            "--option", "num_val=1", "--region", "face", "--region-param", "provider=file",
+            "--region-param", "file=face_boxes_train.json", "--method", "realistic", "--param", "weights=random",
+            "--param", "device=cpu", "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 0
+    mirror = next((tmp_path / "out" / "synthetic").iterdir())
+    assert "randomweights" in mirror.name
+    lines = [json.loads(t) for t in (mirror / "manifest.jsonl").read_text().splitlines()]
+    assert any(l["status"] == "anonymized" for l in lines)
+    assert all(l["params"]["weights"] == "random" for l in lines)
+    assert main(["verify", str(mirror)]) == 0

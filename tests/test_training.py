@@ -362,6 +362,11 @@ def test_config_errors(root, tmp_path):
         engine.train(tiny_config(root), tmp_path / "empty", test_only=True)
 
 
+def test_resume_without_checkpoint_starts_at_zero(root, tmp_path):
+    summary = engine.train(tiny_config(root, iterations=1), tmp_path / "fresh", resume=True)
+    assert summary["iterations"] == summary["trained_iterations"] == 1
+
+
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("train:\n  data: {adapter: cityscapes, root: /data}\n  solver: {lr: 0.02}\n")
@@ -384,7 +389,8 @@ def test_mmdet_config_is_the_same_model_and_schedule(tmp_path):
     assert ns == mmdet_config_dict(cfg, CITYSCAPES_CLASSES, "/o/ann/train.json", "/o/ann/val.json", "/o", 2)
     model = ns["model"]
     assert model["type"] == "MaskRCNN" and model["backbone"]["depth"] == 101
-    assert model["backbone"]["norm_cfg"] == {"type": "BN", "requires_grad": True} and model["backbone"]["frozen_stages"] == -1
+    assert model["backbone"]["norm_cfg"] == {"type": "BN", "requires_grad": True}
+    assert model["backbone"]["frozen_stages"] == -1  # scratch: every stage trains
     assert model["neck"]["in_channels"] == [256, 512, 1024, 2048]
     assert model["roi_head"]["bbox_head"]["num_classes"] == 8 and model["roi_head"]["mask_head"]["num_classes"] == 8
     train, val = ns["train_dataloader"], ns["val_dataloader"]

@@ -41,7 +41,6 @@ import copy
 import datetime
 import json
 import logging
-import math
 import os
 import random
 import sys

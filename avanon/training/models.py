@@ -190,9 +190,10 @@ def build_model(task: str, depth: int = 50, num_classes: int = 1, init: Optional
     long side. init: None (scratch), a torchvision ImageNet ResNet state dict, or a torchvision detector state dict
     (``maskrcnn_resnet50_fpn`` / ``keypointrcnn_resnet50_fpn`` key names). norm / trainable_backbone_layers:
     defaults depend on init (module docstring). fpn_channels (256), representation_size (box head MLP, 1024),
-    mask_head_channels (256), mask_head_layers (4): the widths of torchvision's standard model, smaller for CPU
-    demos (the COCO checkpoint loads only with the standard widths). kw: passed to torchvision's MaskRCNN / KeypointRCNN (rpn_*, box_*,
-    ...). The result carries ``model.init_report`` (what was loaded)."""
+    mask_head_channels (256), mask_head_layers (4), keypoint_head_channels (512), keypoint_head_layers (8): the
+    widths of torchvision's standard model, smaller for CPU demos (a COCO checkpoint loads only into the standard
+    widths). kw: passed to torchvision's MaskRCNN / KeypointRCNN (rpn_*, box_*, ...). The result carries
+    ``model.init_report`` (what was loaded)."""
     task = TASK_ALIASES.get(task, task)
     if task not in ("instance_segmentation", "keypoints"):
         raise ValueError(f"task must be instance_segmentation or keypoints, got {task!r}")
