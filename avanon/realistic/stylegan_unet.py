@@ -199,7 +199,7 @@ class StyleGANUnet(torch.nn.Module):
                 feats.append(x)
         if hasattr(self, "middle_blocks"):
             # The reference calls middle blocks without w here (and never uses them in the released models).
-            raise NotImplementedError("n_middle_blocks > 0 is not supported by the released checkpoints")
+            raise ValueError("n_middle_blocks > 0: no released checkpoint uses it, so this architecture is not built")
         return x, feats
 
     def decode(self, x: torch.Tensor, w: torch.Tensor, feats: List[torch.Tensor]) -> torch.Tensor:

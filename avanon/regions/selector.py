@@ -5,6 +5,8 @@ every resolved parameter in the manifest.
 """
 from __future__ import annotations
 
+import abc
+
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,18 +30,22 @@ def _finish(record: ImageRecord, regions: list[Region], skipped: list[tuple[str,
     return Selection(regions=regions, skipped=skipped)
 
 
-class RegionSelector:
+class RegionSelector(abc.ABC):
+    """Body or face region selection; `select` is pure given the configuration."""
+
     kind: str
     needs_image = False  # True when select() looks at the pixels (a face detector); the writer decodes first then
 
     def __init__(self, filters: FilterConfig):
         self.filters = filters
 
+    @abc.abstractmethod
     def select(self, record: ImageRecord, image: Optional[np.ndarray] = None) -> Selection:
-        raise NotImplementedError
+        """The regions of one image in paste order, and every skipped instance with its reason."""
 
+    @abc.abstractmethod
     def describe(self) -> dict:
-        raise NotImplementedError
+        """Resolved parameters, for the manifest and the mirror's identity."""
 
 
 class BodySelector(RegionSelector):
