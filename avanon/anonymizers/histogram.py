@@ -153,9 +153,10 @@ class RowAdam:
         v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         self.exp_avg[rows] = m
         self.exp_avg_sq[rows] = v
-        self.steps[rows] += 1
+        rows_cpu = rows.cpu()  # the step counters are host-side bookkeeping
+        self.steps[rows_cpu] += 1
         out = w[rows]
-        for j, step in enumerate(self.steps[rows].tolist()):  # rows may (in principle) be at different steps
+        for j, step in enumerate(self.steps[rows_cpu].tolist()):  # rows may (in principle) be at different steps
             bias_correction1 = 1 - self.beta1 ** step
             bias_correction2 = 1 - self.beta2 ** step
             step_size = self.lr / bias_correction1
