@@ -3,9 +3,10 @@
 Why it exists: the tests, the demo recipe and CI need datasets that go through the *same* readers as the real
 data, and on which a small Mask R-CNN can learn people from their bodies (so that body anonymization measurably
 hurts person AP and face anonymization barely does). People are therefore drawn from a posed 17-keypoint COCO
-skeleton with clothing, limbs and a head whose face (eyes, brows, nose, mouth, skin tone) is a small region;
-the rest of a scene is a street (sky, buildings, sidewalk, road, trees, poles), cars, riders on bicycles and
-crowds of tiny people.
+skeleton with clothing, limbs and a head whose face (eyes, brows, nose, mouth, skin tone) is a small region,
+and with detail at the scale of a few pixels (outlines, garment prints, hair strands) that a body blur removes;
+the rest of a scene is a textured street (sky, brick facades, sidewalk, grainy road, trees, poles), cars, riders
+on bicycles and crowds of tiny people.
 
 Determinism: scene (seed, split, index) is drawn from `np.random.default_rng([seed, crc32(split), index])`, so
 it does not depend on the format, the number of images or what was generated before; with the same image size
@@ -41,7 +42,7 @@ FORMATS = ("coco", "cityscapes", "bdd100k")
 DEFAULT_IMAGE_SIZES = {"cityscapes": (256, 512), "coco": (240, 320), "bdd100k": (288, 512)}  # (height, width)
 DEFAULT_SPLITS = {"train": 24, "val": 8}
 MARKER = "avanon_synthetic.json"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: fine detail on people (outlines, prints, folds, hair) and a textured background
 
 INSTANCE_KINDS = ("person", "rider", "bicycle", "car", "crowd")
 HUMAN_KINDS = ("person", "rider", "crowd")
@@ -391,6 +392,7 @@ def make_figure(rng: np.random.Generator, h: float, cx: float, foot_y: float, mo
     axis_x = float((L["neck"][0] + (L["left_hip"][0] + L["right_hip"][0]) / 2) / 2)
     rgb = _colourize(parts, lut, rng, noise=5.0, shade_cx=axis_x, shade_w=0.2 * h)
     _apply_pattern(rgb, parts, look, h, rng)
+    _fine_detail(rgb, parts, h, _rng_child(rng))
     sprite = _Sprite(x0, y0, rgb, parts > 0)
 
     kp_xy = np.stack([Q["f_" + n] if "_eye" in n or "_ear" in n or n == "nose" else Q[n]
@@ -467,6 +469,50 @@ def _apply_pattern(rgb: np.ndarray, parts: np.ndarray, look: dict, h: float, rng
         on ^= (xx // period) % 2 == 0
     sel = (parts == SHIRT) & on
     rgb[sel] = np.clip(rgb[sel].astype(np.float32) * 0.55 + look["lut"][SHIRT2] * 0.45, 0, 255).astype(np.uint8)
+
+
+def _fine_detail(rgb: np.ndarray, parts: np.ndarray, h: float, rng: np.random.Generator) -> None:
+    """Detail at the scale of a few pixels, as real people have (seams, prints, folds, hair): dark outlines
+    between parts, a print on every garment and strands in the hair. This is what a body blur removes; without it a
+    blurred synthetic person keeps everything a detector learned from the sharp one (silhouette and colours), and
+    training on blurred people would not hurt, unlike on real data (Paper F, Table 1)."""
+    f = rgb.astype(np.float32)
+    # outlines: darken pixels whose 4-neighbourhood holds another part (incl. the silhouette edge)
+    p = parts.astype(np.int16)
+    edge = np.zeros(parts.shape, bool)
+    edge[1:] |= p[1:] != p[:-1]
+    edge[:-1] |= p[:-1] != p[1:]
+    edge[:, 1:] |= p[:, 1:] != p[:, :-1]
+    edge[:, :-1] |= p[:, :-1] != p[:, 1:]
+    edge &= parts > 0
+    f[edge] *= 0.55
+    yy, xx = np.indices(parts.shape)
+    for part in (SHIRT, PANTS, SHIRT2, ACCENT):
+        sel = parts == part
+        if not sel.any():
+            continue
+        period = max(2.0, 0.03 * h * rng.uniform(0.7, 1.3))
+        kind = rng.integers(4)  # stripes, checks, dots, patches
+        ang = rng.uniform(0, np.pi)
+        u = (xx * np.cos(ang) + yy * np.sin(ang)) / period
+        if kind == 0:
+            on = (np.floor(u) % 2) == 0
+        elif kind == 1:
+            v = (-xx * np.sin(ang) + yy * np.cos(ang)) / period
+            on = ((np.floor(u) + np.floor(v)) % 2) == 0
+        elif kind == 2:
+            v = (-xx * np.sin(ang) + yy * np.cos(ang)) / period
+            on = ((u % 1 - 0.5) ** 2 + (v % 1 - 0.5) ** 2) < 0.09
+        else:
+            noise = rng.random((max(2, int(parts.shape[0] / period) + 2), max(2, int(parts.shape[1] / period) + 2)))
+            on = cv2.resize(noise.astype(np.float32), (parts.shape[1], parts.shape[0]),
+                            interpolation=cv2.INTER_NEAREST) > 0.5
+        gain = np.where(on, 1.27, 0.55)
+        f[sel] *= gain[sel, None]
+    hair = parts == HAIR
+    if hair.any():
+        f[hair] *= (1.0 + 0.5 * (rng.random(int(hair.sum())) - 0.5))[:, None]
+    rgb[:] = np.clip(f, 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------- vehicles and props
@@ -614,6 +660,7 @@ class _Layout:
     base: float  # y where buildings meet the sidewalk
     curb: float  # y where the sidewalk meets the road
     vx: float  # x of the vanishing point
+    person_heights: Optional[tuple[float, float]] = None  # pedestrians' height range (fractions of the image)
 
 
 def _paint_background(rng: np.random.Generator, lay: _Layout) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
@@ -681,8 +728,32 @@ def _paint_background(rng: np.random.Generator, lay: _Layout) -> tuple[np.ndarra
                 cv2.line(img, _pt((xa, ya)), _pt((xb2, yb)), (225, 225, 215),
                          max(1, int(round(0.01 * H * (fa + fb)))), cv2.LINE_AA, _SHIFT)
     stuff.append(("road", _rect(0, curb, W - 1, H - 1)))
+    sky = np.broadcast_to(top * (1 - t) + low * t, img.shape)
+    _texture_background(img, lay, np.abs(img - sky).sum(-1) > 1.0, _rng_child(rng))
     img += rng.normal(0, 5, img.shape).astype(np.float32)
     return np.clip(img, 0, 255), stuff
+
+
+def _texture_background(img: np.ndarray, lay: _Layout, not_sky: np.ndarray, rng: np.random.Generator) -> None:
+    """Brick courses on the facades, grain and blotches on the ground: a sharp, busy background, as in real street
+    scenes, so that a smooth (blurred) region is as unusual here as it is there."""
+    H, W = lay.height, lay.width
+    base = int(round(lay.base))
+    yy, xx = np.indices((H, W))
+    course = max(2, int(round(0.012 * H * rng.uniform(0.8, 1.3))))
+    brick = course * 3
+    row = yy // course
+    mortar = (yy % course == 0) | (((xx + (row % 2) * brick // 2) % brick) == 0)
+    above = yy < base
+    tone = 1.0 + 0.18 * (rng.random((H // course + 1, W // brick + 2)) - 0.5)
+    tone_px = tone[row, np.clip((xx + (row % 2) * brick // 2) // brick, 0, tone.shape[1] - 1)]
+    facade = above & not_sky
+    g = np.where(mortar, 0.72, tone_px)
+    img[facade] *= g[facade, None]
+    ground = ~above
+    blot = cv2.resize(rng.random((H // 8 + 2, W // 8 + 2)).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    grain = rng.normal(0, 1, (H, W)).astype(np.float32)
+    img[ground] *= (1.0 + 0.25 * (blot[ground] - 0.5) + 0.08 * grain[ground])[:, None]
 
 
 def _rect(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -883,27 +954,32 @@ def _annotate_person(o: SceneObject, index: int, lab: np.ndarray, rng: np.random
                               round(float(min(x1, W)), 2), round(float(min(y1, H)), 2))
 
 
-def _sample_height(rng: np.random.Generator, H: int) -> float:
+def _sample_height(rng: np.random.Generator, H: int, heights: Optional[tuple[float, float]] = None) -> float:
     """Person heights: ~20% tiny (5-14% of the image height), the rest log-uniform up to 75%, so that about a
-    third of the boxes are under 32x32 px at the default sizes, as in the paper's street datasets."""
+    third of the boxes are under 32x32 px at the default sizes, as in the paper's street datasets. With
+    `heights` (lo, hi): log-uniform over that fraction of the image height, no tiny ones."""
+    if heights is not None:
+        return float(np.exp(rng.uniform(np.log(heights[0]), np.log(heights[1])))) * H
     if rng.random() < 0.2:
         return rng.uniform(0.05, 0.14) * H
     return float(np.exp(rng.uniform(np.log(0.16), np.log(0.75)))) * H
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> Scene:
+def render_scene(rng: np.random.Generator, height: int, width: int,
+                 person_heights: Optional[tuple[float, float]] = None) -> Scene:
     """Draw one street scene and its ground truth.
 
     Contents: 1-8 pedestrians (standing or walking, any facing, some side by side so they overlap), 0-3 cars,
     a rider on a bicycle in ~35% of scenes, a crowd of 5-12 tiny people in ~30%, 0-2 trees and poles with signs.
-    Perspective: a person whose feet are at y has height ~1.25 (y - horizon), so small people are far away."""
+    Perspective: a person whose feet are at y has height ~1.25 (y - horizon), so small people are far away.
+    person_heights: (lo, hi) fractions of the image height for the pedestrians (default: `_sample_height`'s mix)."""
     H, W = int(height), int(width)
     if H < 32 or W < 32:
         raise ValueError(f"image size {H}x{W} is too small; use at least 32x32")
     horizon = rng.uniform(0.36, 0.46) * H
     base = horizon + rng.uniform(0.02, 0.06) * H
     curb = base + rng.uniform(0.06, 0.12) * H
-    lay = _Layout(H, W, horizon, base, curb, rng.uniform(0.3, 0.7) * W)
+    lay = _Layout(H, W, horizon, base, curb, rng.uniform(0.3, 0.7) * W, person_heights)
     background, stuff = _paint_background(rng, lay)
     for _attempt in range(20):
         objs = _sample_objects(rng, lay)
@@ -965,7 +1041,7 @@ def _sample_objects(rng: np.random.Generator, lay: _Layout) -> list[SceneObject]
             x = px + rng.choice([-1, 1]) * rng.uniform(0.12, 0.35) * ph
             y = py + rng.uniform(-0.02, 0.04) * ph
         else:
-            h = _sample_height(rng, H)
+            h = _sample_height(rng, H, lay.person_heights)
             y, h = ground_for(h)
             x = rng.uniform(-0.05, 1.05) * W
         people.append((x, y, h))
@@ -1045,10 +1121,11 @@ class _GroupSprite(_Sprite):
     paint: np.ndarray = None
 
 
-def scene_for(seed: int, split: str, index: int, image_size: tuple[int, int]) -> Scene:
+def scene_for(seed: int, split: str, index: int, image_size: tuple[int, int],
+              person_heights: Optional[tuple[float, float]] = None) -> Scene:
     """Scene `index` of `split`, exactly as `generate` writes it (for tests and for inspecting ground truth)."""
     rng = np.random.default_rng([int(seed), zlib.crc32(split.encode("utf-8")), int(index)])
-    return render_scene(rng, int(image_size[0]), int(image_size[1]))
+    return render_scene(rng, int(image_size[0]), int(image_size[1]), person_heights)
 
 
 # ---------------------------------------------------------------------------------------------------- writers
@@ -1335,7 +1412,8 @@ _WRITERS = {"coco": _CocoWriter, "cityscapes": _CityscapesWriter, "bdd100k": _Bd
 
 
 def generation_params(fmt: str, splits: Optional[dict] = None, seed: int = 0,
-                      image_size: Optional[tuple[int, int]] = None) -> dict:
+                      image_size: Optional[tuple[int, int]] = None,
+                      person_heights: Optional[tuple[float, float]] = None) -> dict:
     """The resolved parameters recorded in `avanon_synthetic.json` (what makes two datasets the same)."""
     if fmt not in FORMATS:
         raise DatasetError(f"synthetic: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -1345,9 +1423,17 @@ def generation_params(fmt: str, splits: Optional[dict] = None, seed: int = 0,
             raise DatasetError(f"synthetic: split name {name!r} must be a non-empty alphanumeric word")
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise DatasetError(f"synthetic: split {name!r} needs a non-negative image count, got {n!r}")
+    if person_heights is not None:
+        ok = (isinstance(person_heights, (list, tuple)) and len(person_heights) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in person_heights)
+              and 0 < person_heights[0] <= person_heights[1] <= 1.5)
+        if not ok:
+            raise DatasetError(f"synthetic: person_heights must be [lo, hi] fractions of the image height with "
+                               f"0 < lo <= hi <= 1.5, got {person_heights!r}")
     h, w = DEFAULT_IMAGE_SIZES[fmt] if image_size is None else image_size
     return {"generator": "avanon.synthetic", "version": GENERATOR_VERSION, "format": fmt, "splits": splits,
-            "seed": int(seed), "image_size": [int(h), int(w)]}
+            "seed": int(seed), "image_size": [int(h), int(w)],
+            **({} if person_heights is None else {"person_heights": [float(v) for v in person_heights]})}
 
 
 def read_params(root: str | Path) -> Optional[dict]:
@@ -1362,15 +1448,18 @@ def read_params(root: str | Path) -> Optional[dict]:
 
 
 def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: int = 0,
-             image_size: Optional[tuple[int, int]] = None) -> Path:
+             image_size: Optional[tuple[int, int]] = None,
+             person_heights: Optional[tuple[float, float]] = None) -> Path:
     """Write a synthetic dataset in format `fmt` at `root` and return `root`.
 
     splits: {split name: number of images} (default {"train": 24, "val": 8}); image_size: (height, width), default
-    per format (DEFAULT_IMAGE_SIZES). The tree is written into a temporary sibling directory and renamed into place
+    per format (DEFAULT_IMAGE_SIZES); person_heights: (lo, hi) pedestrian heights as fractions of the image height
+    (default: a street-scene mix with many tiny people; the demo uses taller people so that its small training
+    resolution still shows their detail). The tree is written into a temporary sibling directory and renamed into place
     with the marker `avanon_synthetic.json` written last, so an interrupted run never looks complete. If `root`
     already holds a dataset with the same parameters it is left as it is; with other parameters, or any other
     content, DatasetError is raised."""
-    params = generation_params(fmt, splits, seed, image_size)
+    params = generation_params(fmt, splits, seed, image_size, person_heights)
     root = Path(root)
     if _existing_matches(root, params):
         return root
@@ -1380,8 +1469,9 @@ def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: in
     try:
         writer = _WRITERS[fmt](tmp, params["seed"])
         h, w = params["image_size"]
+        heights = params.get("person_heights")
         for split, n in params["splits"].items():
-            writer.split(split, (scene_for(params["seed"], split, i, (h, w)) for i in range(n)))
+            writer.split(split, (scene_for(params["seed"], split, i, (h, w), heights) for i in range(n)))
         _write_json(tmp / MARKER, params, indent=2)
         try:
             if root.is_dir() and not any(root.iterdir()):
@@ -1428,10 +1518,12 @@ class SyntheticAdapter(DatasetAdapter):
     target_categories = ("person",)
 
     def __init__(self, root: str | Path, split: str, format: str = "cityscapes", num_train: int = 24,
-                 num_val: int = 8, seed: int = 0, image_size: Optional[tuple[int, int]] = None, **format_options):
+                 num_val: int = 8, seed: int = 0, image_size: Optional[tuple[int, int]] = None,
+                 person_heights: Optional[tuple[float, float]] = None, **format_options):
         self.format = format
         size = tuple(image_size) if image_size is not None else None
-        generate(root, format, {"train": num_train, "val": num_val}, seed, size)
+        heights = tuple(person_heights) if isinstance(person_heights, (list, tuple)) else person_heights
+        generate(root, format, {"train": num_train, "val": num_val}, seed, size, heights)
         super().__init__(root, split)
         self.inner = ADAPTERS.get(format)(self.root, split, **format_options)
         self.target_categories = self.inner.target_categories
@@ -1450,7 +1542,8 @@ class SyntheticAdapter(DatasetAdapter):
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """`python -m dataset_adapters.synthetic ROOT --format coco --train 24 --val 8 --seed 0 [--size H W]`."""
+    """`python -m dataset_adapters.synthetic ROOT --format coco --train 24 --val 8 --seed 0 [--size H W]
+    [--person-heights LO HI]`."""
     p = argparse.ArgumentParser(description="Write a synthetic street-scene dataset in a real on-disk format.")
     p.add_argument("root")
     p.add_argument("--format", choices=FORMATS, default="cityscapes")
@@ -1458,8 +1551,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--val", type=int, default=DEFAULT_SPLITS["val"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"))
+    p.add_argument("--person-heights", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="pedestrian heights as fractions of the image height (default: street-scene mix)")
     a = p.parse_args(argv)
-    out = generate(a.root, a.format, {"train": a.train, "val": a.val}, a.seed, tuple(a.size) if a.size else None)
+    out = generate(a.root, a.format, {"train": a.train, "val": a.val}, a.seed, tuple(a.size) if a.size else None,
+                   tuple(a.person_heights) if a.person_heights else None)
     print(out)
 
 
