@@ -40,6 +40,7 @@ Visibility: v = 2 where confidence >= ``threshold`` (0.3, as the reference), els
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import dataclasses
 import hashlib
 import json
@@ -75,7 +76,7 @@ class KeypointConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------------- base
-class KeypointProvider:
+class KeypointProvider(ABC):
     """Keypoints for the instances of one image. Built once per run; `stats` and `warnings` accumulate."""
 
     name: ClassVar[str] = ""
@@ -100,9 +101,9 @@ class KeypointProvider:
         self.warnings: list[str] = []
 
     # -- interface
+    @abstractmethod
     def keypoints(self, record: ImageRecord, image: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
         """{instance_id: (17, 3) float32 [x, y, confidence]} for the instances this provider found."""
-        raise NotImplementedError
 
     def apply(self, record: ImageRecord, image: Optional[np.ndarray] = None) -> ImageRecord:
         """A record whose instances carry the provider's keypoints where found (v = 2 if confidence passes the

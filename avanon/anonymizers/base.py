@@ -75,8 +75,10 @@ class Anonymizer:
 
     def anonymize_region(self, image: np.ndarray, region: Region, rng: np.random.Generator) -> np.ndarray:
         """The anonymized pixels of one region, cut from the current `image` (do not modify it): an array of the
-        expanded box's size or of the clip box's size, uint8 or float (rounded on paste)."""
-        raise NotImplementedError
+        expanded box's size or of the clip box's size, uint8 or float (rounded on paste). The per-region hook of
+        the default `anonymize`; an anonymizer that overrides `anonymize` itself (realistic: batched waves) has
+        none, so this is not an abstract method."""
+        raise NotImplementedError(f"{type(self).__name__} overrides neither anonymize nor anonymize_region")
 
 
 def build_anonymizer(name: str, params: Optional[Mapping[str, Any]] = None) -> Anonymizer:

@@ -39,6 +39,7 @@ eye and nose landmarks has IoU 0.89 with it (tests/test_regions_face.py).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import hashlib
 import json
 import math
@@ -119,15 +120,16 @@ def parse_face_params(params: Optional[dict]) -> FaceParams:
 
 
 # ----------------------------------------------------------------------------------------------------- providers
-class FaceProvider:
+class FaceProvider(ABC):
     """Gives the face boxes of one image. Built once per run from the validated parameters."""
 
     def __init__(self, params: FaceParams, dataset_root: Optional[Path]):
         self.params = params
         self.dataset_root = Path(dataset_root) if dataset_root is not None else None
 
+    @abstractmethod
     def boxes(self, record: ImageRecord, image: Optional[np.ndarray], cands: Sequence[Candidate]) -> list[FaceBox]:
-        raise NotImplementedError
+        """The face boxes of the candidates that have a face (one per candidate at most)."""
 
     def describe(self) -> dict:
         return {}
