@@ -6,7 +6,10 @@ Exit codes: 0 success; 1 finished but not clean (failed images, a mirror that do
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -22,6 +25,58 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= k < n):
         raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= k < N")
     return k, n
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class _PipeSafe(io.TextIOBase):
+    """stdout/stderr that survive a reader that went away (`avanon verify M | head -1`): once the pipe is closed,
+    output goes to /dev/null and the work goes on to its normal end (manifests compacted, exit code kept)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._closed_pipe = False
+
+    def write(self, text):
+        if not self._closed_pipe:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._to_devnull()
+        return len(text)
+
+    def flush(self):
+        if not self._closed_pipe:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._to_devnull()
+
+    def _to_devnull(self):
+        self._closed_pipe = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())  # the interpreter's final flush must not fail either
+        except (OSError, ValueError):
+            pass
+
+    def isatty(self):
+        return not self._closed_pipe and self._stream.isatty()
+
+    def fileno(self):
+        return self._stream.fileno()
+
+    @property
+    def encoding(self):
+        return self._stream.encoding
 
 
 def _kv_list(items: Optional[list[str]], flag: str) -> dict:
@@ -42,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common_run(sp):
-        sp.add_argument("--workers", type=int, help="parallel worker processes (default: recipe's workers)")
+        sp.add_argument("--workers", type=_positive_int, help="parallel worker processes (default: recipe's workers)")
         sp.add_argument("--shard", type=_parse_shard, default=(0, 1), help="k/N: process every N-th image from k")
         sp.add_argument("--dry-run", action="store_true", help="plan and count; write nothing")
         sp.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -89,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="audit a mirror against its source")
     v.add_argument("mirror")
     v.add_argument("--source", help="source dataset root, if it moved since the mirror was made")
-    v.add_argument("--sample", type=int, help="check a random sample of N images only")
+    v.add_argument("--sample", type=_positive_int, help="check a random sample of N images only")
     v.add_argument("--json", help="write the report as JSON here")
 
     m = sub.add_parser("merge", help="merge the shard manifests of a mirror written with --shard")
@@ -114,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    if not isinstance(sys.stdout, _PipeSafe):
+        sys.stdout, sys.stderr = _PipeSafe(sys.stdout), _PipeSafe(sys.stderr)
     args = build_parser().parse_args(argv)
     from avanon.recipe import RecipeError
     from avanon.mirror import MirrorError
@@ -130,6 +187,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "weights": cmd_weights, "train": cmd_train, "show": cmd_show}[args.command](args)
     except (RecipeError, DatasetError, MirrorError) as exc:
         print(f"avanon: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file or folder the command was pointed at: unreadable, unwritable, full disk
+        what = f"{exc.filename}: " if exc.filename else ""
+        print(f"avanon: error: {what}{exc.strerror or exc} ({errno.errorcode.get(exc.errno, 'OSError')})",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("avanon: interrupted; re-run the same command to resume", file=sys.stderr)
@@ -224,10 +286,35 @@ def cmd_train(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from avanon.mirror import compact_manifest, read_manifest
+    from avanon.mirror import merge_shards, read_manifest
+    from avanon.verify import VerifyError, load_run
 
-    path = compact_manifest(args.mirror)
-    print(f"{path}: {len(read_manifest(args.mirror))} images")
+    if not Path(args.mirror).is_dir():
+        print(f"avanon: error: {args.mirror} does not exist or is not a directory", file=sys.stderr)
+        return 2
+    path, images, missing = merge_shards(args.mirror)
+    if missing:
+        print(f"avanon: error: {args.mirror}: shards {', '.join(missing)} never ran (no manifest); run them with "
+              "--shard and merge again. Nothing was merged.", file=sys.stderr)
+        return 1
+    print(f"{path}: {images} images")
+    try:  # every image of the split must have a line: an interrupted shard leaves the mirror incomplete
+        run = load_run(Path(args.mirror))
+        from dataset_adapters import build_adapter
+
+        ds = run["dataset"]
+        adapter = build_adapter(ds["adapter"], run["source_root"], ds["split"], **ds.get("options", {}))
+        index = adapter.image_index()
+    except (VerifyError, KeyError, OSError) as exc:
+        print(f"warning: cannot check that every image has a manifest line ({exc})", file=sys.stderr)
+        return 0
+    done = read_manifest(args.mirror)
+    absent = [f for f, _ in index if f not in done]
+    if absent:
+        print(f"avanon: error: {len(absent)} of {len(index)} images of the split have no manifest line (e.g. "
+              f"{absent[0]}): a shard was interrupted; re-run it with the same --shard, then merge again",
+              file=sys.stderr)
+        return 1
     return 0
 
 

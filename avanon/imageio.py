@@ -109,6 +109,31 @@ def resolve_frame(policy: str, orientation: int, raw_size: tuple[int, int], expe
     )
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_bit_depth(head: bytes, path: str | Path) -> None:
+    """Refuse PNGs whose samples are not 8-bit: Pillow widens or narrows them to 8 bits on decode, so an
+    anonymized copy would silently change the image's bit depth (a 16-bit PNG would come back 8-bit)."""
+    if head[:8] == PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR" and head[24] != 8:
+        raise ImageReadError(f"{path}: {head[24]}-bit PNG: avanon writes 8-bit samples only and would change "
+                             "the bit depth; convert the dataset's images to 8-bit PNG or leave this image out")
+
+
+def header_frame(data: bytes, path: str | Path, expected_size: tuple[int, int], exif_frame: str = "auto") -> str:
+    """The frame ("raw" | "oriented") in which the image's header size equals the annotation's size, read from
+    the header alone; ImageReadError otherwise. An image is copied unchanged only when this holds: annotations
+    made for another size cannot prove that the image shows no person."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            raw_size, orientation, fmt = img.size, _orientation(img), img.format
+    except Exception as exc:  # PIL raises many types for corrupt or hostile headers
+        raise ImageReadError(f"cannot read the header of {path}: {type(exc).__name__}: {exc}") from exc
+    if fmt not in ("JPEG", "PNG"):
+        raise ImageReadError(f"{path}: unsupported image format {fmt}")
+    return resolve_frame(exif_frame, orientation, raw_size, expected_size)
+
+
 def read_image(path: str | Path, expected_size: tuple[int, int], exif_frame: str = "auto",
                data: Optional[bytes] = None) -> LoadedImage:
     """Decode an image into the annotation frame; `expected_size` is the annotation's (width, height).
@@ -116,6 +141,11 @@ def read_image(path: str | Path, expected_size: tuple[int, int], exif_frame: str
     path = Path(path)
     if data is None and not path.is_file():
         raise ImageReadError(f"missing image file {path}")
+    if data is not None:
+        check_bit_depth(data[:32], path)
+    else:
+        with open(path, "rb") as f:
+            check_bit_depth(f.read(32), path)
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as img:
             fmt = img.format

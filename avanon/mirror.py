@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import platform
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -20,15 +21,20 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional
 
-from dataset_adapters.base import DatasetAdapter, ImageRecord
+from dataset_adapters.base import (
+    DatasetAdapter, DatasetError, ImageRecord, check_relative, innermost_adapter, resolve_inside,
+)
 from avanon.imageio import (
-    IMAGE_SUFFIXES, ImageReadError, atomic_copy, atomic_write_bytes, encode_image, read_image, sha256_bytes,
+    IMAGE_SUFFIXES, ImageReadError, atomic_copy, atomic_write_bytes, encode_image, header_frame, read_image,
+    sha256_bytes, sha256_file,
 )
 from avanon.recipe import config_hash
 
 MANIFEST = "manifest.jsonl"
 RUN_FILE = "run.json"
-FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+# Temp files of atomic writes: `.NAME.tmp-PID` (see imageio); a killed run leaves them behind.
+TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 VERSIONED_PACKAGES = ("avanon", "torch", "torchvision", "numpy", "opencv-python-headless", "pillow",
                       "scikit-image", "pycocotools", "cityscapesscripts", "joblib")
 
@@ -86,6 +92,8 @@ class MirrorSummary:
     failures: list = field(default_factory=list)
     unannotated: int = 0
     tree_files_copied: int = 0
+    tree_failures: list = field(default_factory=list)
+    stale_temp_files_removed: int = 0
     dataset_problems: list = field(default_factory=list)
     seconds: float = 0.0
     dry_run: bool = False
@@ -177,22 +185,71 @@ def _limit_threads() -> None:
         pass
 
 
-def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> dict:
+def mirror_path(out_dir: str | Path, rel: str) -> Path:
+    """out_dir/rel, refusing any path that would land outside the mirror (a '..' in a name, or a symlink that
+    somebody placed inside the mirror and that leads elsewhere, e.g. back into the source)."""
+    try:
+        check_relative(rel, "mirror path")
+    except DatasetError as exc:
+        raise MirrorError(str(exc)) from None
+    out_dir = Path(out_dir)
+    dst = out_dir / rel
+    real_out = Path(os.path.realpath(out_dir))
+    parent = Path(os.path.realpath(dst.parent))
+    if not parent.is_relative_to(real_out) or (dst.is_symlink()):
+        raise MirrorError(f"{dst} would be written outside the mirror {real_out} (a symlink inside the mirror "
+                          "leads elsewhere); refusing to write. Remove the symlink or choose another --out")
+    return dst
+
+
+def _write(dst: Path, data: Optional[bytes] = None, src: Optional[Path] = None, link: str = "copy") -> None:
+    """Every write of the mirror: atomic, and fatal when it fails (a mirror that cannot be written is not a
+    problem of one image: permissions, a full disk or a file-size limit stop the run with a clear message)."""
+    try:
+        if data is not None:
+            atomic_write_bytes(dst, data)
+        else:
+            atomic_copy(src, dst, link)
+    except OSError as exc:
+        raise MirrorError(f"cannot write {dst}: {exc.strerror or exc}. Fix it (free space, permissions, file "
+                          "size limit) and re-run the same command: finished images are kept and skipped.") from exc
+
+
+def _resumable(previous: Optional[dict], source_sha: str, record_sha: str, dst: Path) -> bool:
+    """A finished image is kept only when its source bytes, its annotation record and its output are exactly the
+    ones the manifest recorded; anything else is redone."""
+    if not previous or previous.get("status") not in ("anonymized", "copied"):
+        return False
+    if previous.get("source_sha256") != source_sha or previous.get("record_sha256") != record_sha:
+        return False
+    try:
+        return dst.is_file() and not dst.is_symlink() and sha256_file(dst) == previous.get("output_sha256")
+    except OSError:
+        return False
+
+
+def process_image(job: MirrorJob, record: ImageRecord, write: bool = True, previous: Optional[dict] = None) -> dict:
     """Anonymize (or copy) one image into the mirror and return its manifest line. Never raises for a bad
-    image: the failure is recorded and no file is written. Raises only for a full or read-only disk.
-    write=False (dry run): select regions and return the planned line without touching pixels."""
-    src = Path(job.source_root) / record.file_name
-    dst = Path(job.out_dir) / record.file_name
+    image: the failure is recorded and no file is written. Raises MirrorError only when the mirror itself cannot
+    be written (full or read-only disk, permissions, a path leading outside it).
+    write=False (dry run): select regions and return the planned line without touching pixels.
+    previous: the manifest line of an earlier run; when it still holds (same source, record and output), the
+    line is returned with "_resumed" set and nothing is written."""
+    dst = mirror_path(job.out_dir, record.file_name)
     seed = image_seed(job.seed, record.file_name)
     line = {"file": record.file_name, "image_id": record.image_id, "status": "failed", "region": job.region,
             "method": job.method, "params": job.method_params, "seed": seed}
     try:
+        line["record_sha256"] = record.content_hash()
         if record.problems:
             raise ImageReadError("annotation problems: " + "; ".join(record.problems))
+        src = resolve_inside(Path(job.source_root), record.file_name)
         if not src.is_file():
             raise ImageReadError(f"missing image file {src}")
         source = src.read_bytes()  # read once: hashed, copied or decoded from memory
         line["source_sha256"] = sha256_bytes(source)
+        if write and _resumable(previous, line["source_sha256"], line["record_sha256"], dst):
+            return dict(previous, _resumed=True)
         selector, anonymizer, keypoints = _tools(job)
         loaded = None
         if getattr(selector, "needs_image", False) or getattr(keypoints, "needs_image", False):
@@ -205,10 +262,11 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> di
         line["anonymized"] = [r.instance_id for r in selection.regions]
         line["skipped"] = [list(s) for s in selection.skipped]
         if not selection.regions:
-            if write and job.link == "hardlink":
-                atomic_copy(src, dst, "hardlink")
-            elif write:
-                atomic_write_bytes(dst, source)
+            # Copied in the clear only when the annotation provably describes this very image: its size (from
+            # the header, in the EXIF frame the policy picks) must equal the annotation's.
+            header_frame(source, src, (record.width, record.height), job.exif_frame)
+            if write:
+                _write(dst, src=src, link="hardlink") if job.link == "hardlink" else _write(dst, data=source)
             line["output_sha256"] = line["source_sha256"]
             line["status"] = "copied"
             return line
@@ -219,33 +277,33 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True) -> di
             loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
         pixels = anonymizer.anonymize(loaded.pixels, selection.regions, seed)
         data = encode_image(pixels, loaded, job.jpeg_quality, job.png_compression)
-        if write:
-            atomic_write_bytes(dst, data)
+        _write(dst, data=data)
         line["output_sha256"] = sha256_bytes(data)
         line["frame"] = loaded.frame
         line["status"] = "anonymized"
         return line
-    except OSError as exc:
-        if exc.errno in FATAL_ERRNOS:
-            raise MirrorError(f"cannot write {dst}: {exc.strerror}. Free space (or fix permissions) and re-run "
-                              "the same command: finished images are kept and skipped.") from exc
-        return _failed(line, dst, exc, write)
-    except Exception as exc:  # privacy first: whatever went wrong, the image does not enter the mirror
+    except MirrorError:  # the mirror cannot be written: stop the run
+        raise
+    except Exception as exc:  # privacy first: whatever else went wrong, the image does not enter the mirror
         return _failed(line, dst, exc, write)
 
 
 def _failed(line: dict, dst: Path, exc: Exception, write: bool) -> dict:
     if write:
-        dst.unlink(missing_ok=True)  # a stale output from an earlier run must not stay in the clear
+        try:
+            dst.unlink(missing_ok=True)  # a stale output from an earlier run must not stay in the clear
+        except OSError as err:
+            raise MirrorError(f"cannot remove the stale output {dst} of a failed image: {err.strerror}; remove "
+                              "it by hand (it may show a person in the clear) and re-run") from err
     line["status"] = "failed"
     line["error"] = f"{type(exc).__name__}: {exc}"
     line.pop("output_sha256", None)
     return line
 
 
-def _run_in_worker(job: MirrorJob, record: ImageRecord) -> dict:
+def _run_in_worker(job: MirrorJob, record: ImageRecord, previous: Optional[dict]) -> dict:
     _limit_threads()
-    return process_image(job, record)
+    return process_image(job, record, previous=previous)
 
 
 # ----------------------------------------------------------------------------------------------- manifest
@@ -316,7 +374,14 @@ def check_paths(source_root: Path, out_dir: Path) -> None:
         raise MirrorError(f"refusing to write the mirror {out}: it contains the source dataset {src}")
 
 
-def _prepare_run_file(out_dir: Path, job: MirrorJob, run_info: dict) -> None:
+def dataset_fingerprint(adapter: DatasetAdapter, index: list[tuple[str, tuple[str, ...]]]) -> str:
+    """What makes a dataset the same one for resuming: its format, split and the file names of its split.
+    Contents may change (changed images and annotations are redone); another image list is another dataset."""
+    return config_hash({"adapter": innermost_adapter(adapter).name, "split": adapter.split,
+                        "images": sorted(f for f, _ in index)})
+
+
+def _prepare_run_file(out_dir: Path, job: MirrorJob, run_info: dict, fingerprint: str, images: int) -> None:
     run_path = out_dir / RUN_FILE
     if run_path.is_file():
         try:
@@ -329,10 +394,41 @@ def _prepare_run_file(out_dir: Path, job: MirrorJob, run_info: dict) -> None:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise MirrorError(f"{out_dir} holds a mirror made with other settings (differ in: {', '.join(diff)}); "
                               "choose another output directory or delete it")
+        if existing.get("dataset_fingerprint") != fingerprint:
+            was = existing.get("dataset_images", "an unknown number of")
+            raise MirrorError(f"{out_dir} holds a mirror of another dataset (its split had {was} images, this one "
+                              f"has {images}, or other file names); mixing two datasets in one mirror is refused: "
+                              "choose another output directory or delete it")
         return
     doc = {"settings_hash": job.settings_hash(), "settings": job.settings(), "source_root": job.source_root,
-           "versions": package_versions(), **run_info}
+           "dataset_fingerprint": fingerprint, "dataset_images": images, "versions": package_versions(),
+           **run_info}
     atomic_write_bytes(run_path, (json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete the temp files of atomic writes that a killed run left behind (`.NAME.tmp-PID` of a process that is
+    no longer running on this machine)."""
+    removed = 0
+    for dirpath, _, files in os.walk(out_dir):
+        for name in files:
+            m = TEMP_FILE.match(name)
+            if m and not _pid_alive(int(m.group(1))):
+                Path(dirpath, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process has written nothing yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def _in_shard(index: int, shard: tuple[int, int]) -> bool:
@@ -354,10 +450,9 @@ def write_mirror(
     try:
         return _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_info, progress)
     except OSError as exc:
-        if exc.errno in FATAL_ERRNOS:
-            raise MirrorError(f"cannot write to {job.out_dir}: {exc.strerror}. Free space (or fix permissions) and "
-                              "re-run the same command: finished images are kept and skipped.") from exc
-        raise
+        raise MirrorError(f"cannot write to {job.out_dir}: {exc.strerror or exc}. Fix it (free space, "
+                          "permissions, file size limit) and re-run the same command: finished images are kept "
+                          "and skipped.") from exc
 
 
 def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_info, progress) -> MirrorSummary:
@@ -366,88 +461,151 @@ def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_i
     k, n = shard
     if not (n >= 1 and 0 <= k < n):
         raise MirrorError(f"invalid shard {k}/{n}: expected k/N with 0 <= k < N")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise MirrorError(f"workers must be an integer >= 1, got {workers!r}")
+    # Everything that can refuse the dataset does so before the first write: the whole tree is walked (paths
+    # and symlinks checked) and the split indexed.
+    tree = list(adapter.tree_files())
+    index = adapter.image_index()
+    for file_name, _ in index:
+        check_relative(file_name, f"{adapter.name}: image path")
     if not dry_run:
         check_tools(job)
     summary = MirrorSummary(out_dir=str(out_dir), dry_run=dry_run)
     summary.dataset_problems = list(adapter.dataset_problems())
     start = time.perf_counter()
     manifest_path = out_dir / manifest_name(shard)
-    done: dict[str, dict] = {}
+    previous: dict[str, dict] = {}
     if not dry_run:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _prepare_run_file(out_dir, job, run_info or {})
-        done = {f: l for f, l in read_manifest(out_dir).items()
-                if l["status"] in ("anonymized", "copied") and (out_dir / f).is_file()}
+        _prepare_run_file(out_dir, job, run_info or {}, dataset_fingerprint(adapter, index), len(index))
+        summary.stale_temp_files_removed = remove_stale_temp_files(out_dir)
+        previous = read_manifest(out_dir)
         _repair_tail(manifest_path)
-
-    record_files: set[str] = set()
-    record_dirs: set[str] = set()
-
-    def todo() -> Iterator[ImageRecord]:
-        for index, record in enumerate(adapter.images()):
-            record_files.add(record.file_name)
-            record_dirs.add(str(PurePosixPath(record.file_name).parent))
-            if not _in_shard(index, shard):
-                continue
-            if record.file_name in done:
-                summary.resumed += 1
-                line = done[record.file_name]
-                summary.instances_anonymized += len(line.get("anonymized", []))
-                continue
-            yield record
-
-    results = _results(job, todo(), workers, dry_run)
-    total = len(adapter) // n + (1 if k < len(adapter) % n else 0)
-    bar = _progress(total, f"{job.region}_{job.method}", progress)
-    with (open(manifest_path, "a") if not dry_run else _NullFile()) as manifest:
-        for line in results:
-            summary.add(line)
-            manifest.write(json.dumps(line, sort_keys=True) + "\n")
-            manifest.flush()
-            bar.update(1)
-        bar.update(summary.resumed)
-    bar.close()
-    summary.images += summary.resumed
-    _mirror_tree(adapter, out_dir, record_files, record_dirs, summary, job.link, shard, dry_run, copy_unannotated)
-    if not dry_run and n == 1:
-        compact_manifest(out_dir)
+    try:
+        _write_images(adapter, job, workers, shard, dry_run, previous, manifest_path, summary, progress)
+        record_files = {f for f, _ in index}
+        record_dirs = {str(PurePosixPath(f).parent) for f in record_files}
+        _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, job.link, shard, dry_run,
+                     copy_unannotated)
+    finally:
+        if not dry_run and n == 1:
+            try:
+                compact_manifest(out_dir)
+            except (OSError, MirrorError):
+                pass  # the appended manifest stays readable; the next run compacts it
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _results(job: MirrorJob, records: Iterable[ImageRecord], workers: int, dry_run: bool) -> Iterator[dict]:
+def _write_images(adapter, job, workers, shard, dry_run, previous, manifest_path, summary, progress) -> None:
+    k, n = shard
+
+    def todo() -> Iterator[tuple[ImageRecord, Optional[dict]]]:
+        for index, record in enumerate(adapter.images()):
+            if _in_shard(index, shard):
+                yield record, previous.get(record.file_name)
+
+    results = _results(job, todo(), workers, dry_run)
+    total = len(adapter) // n + (1 if k < len(adapter) % n else 0)
+    bar = _progress(total, f"{job.region}_{job.method}", progress)
+    try:
+        with (open(manifest_path, "a") if not dry_run else _NullFile()) as manifest:
+            for line in results:
+                bar.update(1)
+                if line.pop("_resumed", False):
+                    summary.images += 1
+                    summary.resumed += 1
+                    summary.instances_anonymized += len(line.get("anonymized", []))
+                    continue
+                summary.add(line)
+                manifest.write(json.dumps(line, sort_keys=True) + "\n")
+                manifest.flush()
+    finally:
+        bar.close()
+
+
+def _results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[dict]]], workers: int,
+             dry_run: bool) -> Iterator[dict]:
     if dry_run:
-        return (process_image(job, r, write=False) for r in records)
+        return (process_image(job, r, write=False) for r, _ in items)
     if workers <= 1:
-        return (process_image(job, r) for r in records)
+        return (process_image(job, r, previous=p) for r, p in items)
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
-    return parallel(delayed(_run_in_worker)(job, r) for r in records)
+    return parallel(delayed(_run_in_worker)(job, r, p) for r, p in items)
 
 
-def _mirror_tree(adapter, out_dir, record_files, record_dirs, summary, link, shard, dry_run, copy_unannotated):
+def _same_content(src: Path, dst: Path) -> bool:
+    """A tree file is already mirrored when size and mtime match (the copy keeps the source's mtime), or else when
+    the bytes do: an annotation file edited in place is recopied even if its size did not change."""
+    try:
+        a, b = src.stat(), dst.stat()
+        if a.st_size != b.st_size:
+            return False
+        if a.st_mtime_ns == b.st_mtime_ns:
+            return True
+        if sha256_file(src) == sha256_file(dst):
+            os.utime(dst, ns=(b.st_atime_ns, a.st_mtime_ns))
+            return True
+    except OSError:
+        return False
+    return False
+
+
+def _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, link, shard, dry_run,
+                 copy_unannotated):
     """Copy every other file of the dataset tree byte-identically. Images in the split's image directories
-    that have no annotation record are left out unless asked for: nobody checked them for people."""
-    source_root = adapter.root
-    for index, rel in enumerate(adapter.tree_files()):
+    that have no annotation record are left out unless asked for: nobody checked them for people. Only images
+    are hard-linked (link: hardlink); annotation files are always copied, so that editing the mirror's
+    annotations can never edit the source's."""
+    for index, rel in enumerate(tree):
         if rel in record_files:
             continue
         p = PurePosixPath(rel)
-        if p.suffix.lower() in IMAGE_SUFFIXES and str(p.parent) in record_dirs and not copy_unannotated:
+        is_image = p.suffix.lower() in IMAGE_SUFFIXES
+        if is_image and str(p.parent) in record_dirs and not copy_unannotated:
             summary.unannotated += 1
             continue
         if not _in_shard(index, shard):
             continue
-        dst = out_dir / rel
-        src = source_root / rel
         if dry_run:
             summary.tree_files_copied += 1
             continue
-        if dst.is_file() and dst.stat().st_size == src.stat().st_size:
+        dst = mirror_path(out_dir, rel)
+        try:
+            src = adapter.source_path(rel)
+            with open(src, "rb"):
+                pass
+        except (OSError, DatasetError) as exc:
+            summary.tree_failures.append((rel, f"{type(exc).__name__}: {exc}"))
             continue
-        atomic_copy(src, dst, link)
+        if dst.is_file() and _same_content(src, dst):
+            continue
+        _write(dst, src=src, link=link if is_image else "copy")
+        if not (link == "hardlink" and is_image):
+            st = src.stat()
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
         summary.tree_files_copied += 1
+
+
+def merge_shards(out_dir: str | Path) -> tuple[Path, int, list[str]]:
+    """Merge the shard manifests of a mirror into manifest.jsonl. Returns (manifest, images, missing shards);
+    with missing shards nothing is merged, so the missing ones can still be run and merged afterwards."""
+    out_dir = Path(out_dir)
+    if not (out_dir / RUN_FILE).is_file():
+        raise MirrorError(f"{out_dir} is not an avanon mirror ({RUN_FILE} is missing); nothing to merge")
+    shards: dict[int, set[int]] = {}
+    for p in out_dir.glob("manifest-*of*.jsonl"):
+        m = re.fullmatch(r"manifest-(\d+)of(\d+)\.jsonl", p.name)
+        if m:
+            shards.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    missing = [f"{k}/{n}" for n, ks in sorted(shards.items()) for k in range(n) if k not in ks]
+    if missing:
+        return out_dir / MANIFEST, 0, missing
+    path = compact_manifest(out_dir)
+    return path, len(read_manifest(out_dir)), []
 
 
 class _NullFile:

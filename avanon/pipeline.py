@@ -25,6 +25,31 @@ def region_identity(selector) -> dict:
     return d
 
 
+def check_categories(recipe: dict, adapter, src: str) -> None:
+    """filters.categories may only name human categories this dataset has: a typo ("persn") would anonymize
+    nobody and copy every image in the clear."""
+    cats = (recipe.get("filters") or {}).get("categories")
+    known = tuple(getattr(adapter, "human_categories", adapter.target_categories))
+    if isinstance(cats, (list, tuple)):
+        unknown = [c for c in cats if c not in known]
+        if unknown:
+            raise RecipeError(f"{src}: filters.categories: {unknown[0]!r} is not a human category of the "
+                              f"{adapter.name} dataset; known: {', '.join(known)}")
+
+
+def check_face_file_coverage(selector, adapter, recipe: dict, src: str) -> None:
+    """A face-box file that names none of the split's images would leave every face in the clear (wrong split,
+    wrong key format): refused unless filters.allow_empty is set."""
+    provider = getattr(selector, "provider", None)
+    entries = getattr(provider, "entries", None)
+    if entries is None or (recipe.get("filters") or {}).get("allow_empty"):
+        return
+    if not any(key in entries for _, keys in adapter.image_index() for key in keys):
+        raise RecipeError(f"{src}: regions.face.file: the face-box file {provider.path} names none of the "
+                          f"{len(adapter)} images of split {adapter.split!r} (wrong split or file?); set "
+                          "filters.allow_empty: true to accept a mirror without face regions")
+
+
 def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[tuple[dict, MirrorJob]]:
     """One MirrorJob per selected anonymize entry; region settings are validated here, naming the recipe key."""
     from avanon.regions import RegionConfigError, build_region_selector
@@ -37,6 +62,7 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
         if missing:
             raise RecipeError(f"{src}: --only {missing[0]}: no anonymize entry has that name; have: {', '.join(sorted(names))}")
         entries = [e for e in entries if e["name"] in only]
+    check_categories(recipe, adapter, src)
     kp = recipe["keypoints"]
     if kp["provider"] != "annotations":
         from avanon.keypoints import build_keypoint_provider
@@ -54,6 +80,7 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
                                              adapter.target_categories)
         except RegionConfigError as exc:
             raise RecipeError(f"{src}: regions.{kind} / filters: {exc}") from None
+        check_face_file_coverage(selector, adapter, recipe, src)
         job = MirrorJob(
             source_root=str(adapter.root.resolve()),
             out_dir=str(mirror_root(recipe) / entry["name"]),
@@ -90,10 +117,14 @@ def format_summary(name: str, s: MirrorSummary) -> str:
         lines.append(f"  {s.unannotated} images of the split have no annotation and were left out of the mirror")
     for p in s.dataset_problems[:5]:
         lines.append(f"  dataset problem: {p}")
+    if s.stale_temp_files_removed:
+        lines.append(f"  removed {s.stale_temp_files_removed} temp files an interrupted run had left")
     for f, err in s.failures[:10]:
         lines.append(f"  FAILED {f}: {err}")
     if len(s.failures) > 10:
         lines.append(f"  ... and {len(s.failures) - 10} more failures (see manifest.jsonl)")
+    for f, err in s.tree_failures[:10]:
+        lines.append(f"  FAILED to copy {f}: {err}")
     if not s.dry_run:
         lines.append(f"  mirror: {s.out_dir}")
     return "\n".join(lines)
@@ -128,14 +159,14 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
                                shard=shard, dry_run=dry_run, copy_unannotated=recipe["output"]["copy_unannotated"],
                                run_info=run_info, progress=progress)
         print(format_summary(entry["name"], summary), flush=True)
-        failed += summary.failed
+        failed += summary.failed + len(summary.tree_failures)
         if not dry_run:
             name = "summary.json" if shard[1] == 1 else f"summary-{shard[0]}of{shard[1]}.json"
             atomic_write_bytes(Path(job.out_dir) / name,
                                (json.dumps(summary.to_dict(), indent=2, default=str) + "\n").encode())
     if failed:
-        print(f"{failed} images failed and are not in the mirrors (privacy first); the study is not run on "
-              "incomplete mirrors. Fix them (see the FAILED lines) or accept them in the recipe.")
+        print(f"{failed} files failed and are not in the mirrors (privacy first); the study is not run on "
+              "incomplete mirrors. Fix them (see the FAILED lines) and re-run the same command.")
         return 1
     if study_enabled(recipe) and not anonymize_only and shard[1] == 1:
         run_study(recipe, [(entry, Path(job.out_dir)) for entry, job in jobs], test_only=test_only, dry_run=dry_run)

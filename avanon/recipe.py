@@ -183,8 +183,10 @@ def _validate_anonymize(entries: list, src: str) -> list[dict]:
             raise RecipeError(f"{src}: {key}.params: {exc}") from None
         resolved["params"] = dict(anon.params)
         resolved["name"] = entry.get("name") or f"{entry['region']}_{anon.tag}"
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", resolved["name"]):
-            raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is not a valid directory name")
+        if not isinstance(resolved["name"], str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
+                                                                      resolved["name"]):
+            raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is not a valid directory name (letters, "
+                              "digits, '_', '-', '.'; not starting with '.')")
         if resolved["name"] in seen:
             raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is used twice; give one entry another name")
         seen.add(resolved["name"])

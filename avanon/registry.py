@@ -14,6 +14,12 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         def deco(obj: T) -> T:
             if name in self._items:
+                old = self._items[name]
+                if getattr(obj, "__module__", None) == "__main__" and \
+                        getattr(old, "__qualname__", None) == getattr(obj, "__qualname__", ""):
+                    # A module run as a script (`python -m pkg.mod`) executes its registrations a second time
+                    # under __main__; the package's import already registered the same class.
+                    return obj
                 raise KeyError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
             return obj

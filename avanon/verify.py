@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from dataset_adapters import build_adapter
-from avanon.imageio import IMAGE_SUFFIXES, ImageReadError, read_image, sha256_file
+from avanon.imageio import IMAGE_SUFFIXES, ImageReadError, header_frame, read_image, sha256_file
 from avanon.mirror import RUN_FILE, MirrorJob, _tools, image_seed, read_manifest
 
 META_FILES = {RUN_FILE, "manifest.jsonl", "summary.json"}
@@ -113,8 +113,13 @@ def verify_mirror(mirror: str | Path, source_root: Optional[str | Path] = None, 
             report.errors.append(f"{rel}: differs from the source (annotation and untouched files must be identical)")
     for path in sorted(mirror.rglob("*")):
         rel = path.relative_to(mirror).as_posix()
-        if path.is_file() and rel not in tree and rel not in META_FILES and not rel.startswith(("manifest-", "summary-")):
-            report.warnings.append(f"{rel}: in the mirror but not in the source tree")
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if rel not in tree and rel not in META_FILES and not rel.startswith(("manifest-", "summary-")):
+            # Nothing checked it for people: an image dropped in under a new name, a temp file of a killed run.
+            report.errors.append(f"{rel}: in the mirror but not in the source tree (never checked for people)")
+        elif path.is_symlink():
+            report.errors.append(f"{rel}: a symlink in the mirror (a mirror holds files only)")
     return report
 
 
@@ -138,6 +143,11 @@ def _check_image(job: MirrorJob, record, line: Optional[dict], mirror: Path, roo
     if sha256_file(out_path) != line.get("output_sha256"):
         report.errors.append(f"{rel}: output differs from the hash in the manifest")
     src_sha = sha256_file(root / rel)
+    if line["status"] == "copied":
+        try:  # copied in the clear only when the annotation describes this very image (its size)
+            header_frame((root / rel).read_bytes(), rel, (record.width, record.height), job.exif_frame)
+        except ImageReadError as exc:
+            report.errors.append(f"{rel}: copied unchanged although its annotation does not fit it: {exc}")
     if src_sha != line.get("source_sha256"):
         report.errors.append(f"{rel}: the source image changed since the mirror was made")
     selector, anonymizer, keypoints = _tools(job)

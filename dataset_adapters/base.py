@@ -14,9 +14,11 @@ Every adapter takes the keyword option `categories`:
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar, Iterator, Optional, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -34,7 +36,8 @@ CATEGORY_MODES = ("human", "all")
 
 
 class DatasetError(Exception):
-    """A dataset that cannot be read at all (missing root, truncated JSON, unknown split...)."""
+    """A dataset that cannot be read at all (missing root, truncated JSON, unknown split, a path that leaves the
+    root, an annotation that does not attach to an image...)."""
 
 
 @dataclass
@@ -93,6 +96,20 @@ class ImageRecord:
     # treats an image with problems as failed: it never enters the mirror in the clear.
     problems: list[str] = field(default_factory=list)
 
+    def content_hash(self) -> str:
+        """sha256 of everything the annotations say about this image (size, instances, masks, keypoints,
+        problems): a resumed run redoes an image whose record changed, e.g. people added to its annotation."""
+        h = hashlib.sha256()
+        h.update(repr((self.image_id, self.file_name, self.width, self.height, self.problems)).encode())
+        for inst in self.instances:
+            mask = np.ascontiguousarray(inst.mask, dtype=bool)
+            h.update(repr((inst.instance_id, inst.category, tuple(int(v) for v in inst.box), inst.iscrowd,
+                           inst.ignore, float(inst.score), mask.shape)).encode())
+            h.update(np.packbits(mask).tobytes())
+            if inst.keypoints is not None:
+                h.update(np.ascontiguousarray(inst.keypoints, dtype=np.float32).tobytes())
+        return h.hexdigest()
+
 
 class DatasetAdapter(abc.ABC):
     """A dataset format: one fixed path grammar, written once."""
@@ -100,6 +117,8 @@ class DatasetAdapter(abc.ABC):
     name: ClassVar[str]
     # Categories the paper anonymizes; other human categories are yielded and skipped with a reason.
     target_categories: ClassVar[tuple[str, ...]]
+    # Every human category the adapter yields in "human" mode: what `filters.categories` may name.
+    human_categories: ClassVar[tuple[str, ...]]
     # The classes the dataset's instance-segmentation benchmark evaluates, in the official order; evaluation and
     # training use 1-based positions in this tuple as category ids. A ClassVar for Cityscapes and BDD100K; for
     # COCO an instance property (the annotation JSON's categories in id order). Wrappers such as the synthetic
@@ -129,8 +148,18 @@ class DatasetAdapter(abc.ABC):
         annotation files, and extra files at the root such as face-box JSONs."""
 
     def dataset_problems(self) -> list[str]:
-        """Problems found while indexing that belong to no image (e.g. an annotation pointing to no image)."""
+        """Problems found while indexing that belong to no image and do not endanger privacy (e.g. a label
+        file for an image that is not on disk)."""
         return []
+
+    def image_index(self) -> list[tuple[str, tuple[str, ...]]]:
+        """(file_name, lookup_keys) of every image, in `images()` order, decoding no mask: cheap enough to
+        fingerprint the split and to check that a face-box file covers it. Adapters override the default."""
+        return [(r.file_name, r.lookup_keys) for r in self.images()]
+
+    def source_path(self, rel: str) -> Path:
+        """The real path of a file of this dataset; DatasetError when it would be outside the root."""
+        return resolve_inside(self.root, rel, f"{self.name}: ")
 
 
 ADAPTERS: Registry[type[DatasetAdapter]] = Registry("dataset adapter")
@@ -167,18 +196,109 @@ def categories_of(adapter: DatasetAdapter) -> str:
 
 
 def build_adapter(name: str, root: str | Path, split: str, **options) -> DatasetAdapter:
-    return ADAPTERS.get(name)(root, split, **options)
+    """The adapter `name` on root/split. Bad options (unknown key, wrong type or value) are a DatasetError that
+    names the option, never a traceback."""
+    import inspect
+
+    try:
+        cls = ADAPTERS.get(name)
+    except KeyError as exc:
+        raise DatasetError(str(exc.args[0])) from None
+    if not isinstance(split, str) or not split or not split.replace("-", "").replace("_", "").isalnum():
+        raise DatasetError(f"{name}: split must be a word such as train or val, got {split!r}")
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        allowed = [n for n in params if n not in ("self", "root", "split")]
+        for key in options:
+            if key not in allowed:
+                raise DatasetError(f"{name}: dataset.options.{key}: unknown option; allowed: "
+                                   f"{', '.join(allowed) or '(none)'}")
+    try:
+        return cls(root, split, **options)
+    except (TypeError, ValueError) as exc:
+        msg = str(exc) if str(exc).startswith(f"{name}:") else f"{name}: {exc}"
+        raise DatasetError(f"dataset.options: {msg}") from None
+
+
+def check_option(adapter_name: str, key: str, value: Any, kind: type, what: str) -> Any:
+    """An adapter option of exactly this type (no coercion: 5 is not the path "5", "3" is not the number 3)."""
+    if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise DatasetError(f"{adapter_name}: dataset.options.{key}: expected {what}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------------- paths
+def check_relative(rel: Any, what: str = "path") -> str:
+    """A relative POSIX path that cannot leave its base by its spelling: no '..', '.', empty parts, absolute
+    paths, backslashes or NUL. Every path an annotation file names goes through here."""
+    ok = isinstance(rel, str) and rel and "\\" not in rel and "\x00" not in rel and not rel.startswith("/")
+    if ok:
+        parts = rel.split("/")
+        ok = all(part not in ("", ".", "..") for part in parts)
+    if not ok:
+        raise DatasetError(f"{what} {rel!r} is not a plain relative path inside the dataset (no '..', no "
+                           "absolute path, no backslash): refusing to read or write outside the dataset root")
+    return rel
+
+
+def resolve_inside(root: Path, rel: str, context: str = "") -> Path:
+    """root/rel with every symlink followed; DatasetError unless the result stays inside the (real) root."""
+    check_relative(rel, f"{context}path")
+    real_root = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(Path(root) / rel))
+    if not target.is_relative_to(real_root):
+        raise DatasetError(f"{context}{rel} resolves to {target}, outside the dataset root {real_root}: avanon "
+                           "reads only inside the root (symlinks are followed only when they stay inside it); "
+                           "copy the file in or point the dataset root at the real location")
+    return target
 
 
 def walk_files(root: Path, subdirs: Sequence[str]) -> Iterator[str]:
-    """Sorted relative POSIX paths of all files below the given subdirectories of root (missing ones are skipped)."""
+    """Sorted relative POSIX paths of all files below the given subdirectories of root (missing ones are skipped).
+
+    Symlinks are followed while they stay inside the root; one that leads outside it, a broken one or a loop is a
+    DatasetError: the mirror must reproduce the tree without reading (or writing) anything outside it."""
+    real_root = Path(os.path.realpath(root))
     for sub in subdirs:
-        base = root / sub
-        if base.is_file():
+        check_relative(sub, "dataset subdirectory")
+        base = Path(root) / sub
+        if not os.path.lexists(base):
+            continue
+        real = resolve_inside(root, sub)
+        if real.is_file():
             yield sub
-            continue
-        if not base.is_dir():
-            continue
-        for path in sorted(base.rglob("*")):
-            if path.is_file():
-                yield path.relative_to(root).as_posix()
+        elif real.is_dir():
+            yield from _walk(real_root, sub, real, frozenset())
+        else:
+            raise DatasetError(f"{sub}: a broken symlink or a special file in the dataset tree")
+
+
+def _walk(real_root: Path, rel: str, real: Path, seen: frozenset) -> Iterator[str]:
+    if real in seen:
+        raise DatasetError(f"{rel}: a symlink loop in the dataset tree")
+    seen = seen | {real}
+    with os.scandir(real) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        child = f"{rel}/{entry.name}"
+        if entry.is_symlink():
+            target = Path(os.path.realpath(entry.path))
+            if not target.is_relative_to(real_root):
+                raise DatasetError(f"{child} is a symlink to {target}, outside the dataset root {real_root}: "
+                                   "avanon reads only inside the root; copy the files in or point the dataset "
+                                   "root at the real location")
+            if target.is_dir():
+                yield from _walk(real_root, child, target, seen)
+            elif target.is_file():
+                yield child
+            else:
+                raise DatasetError(f"{child} is a broken symlink (to {target})")
+        elif entry.is_dir(follow_symlinks=False):
+            yield from _walk(real_root, child, real / entry.name, seen)
+        elif entry.is_file(follow_symlinks=False):
+            yield child
+
+
+def is_posix_child(rel: str, directory: str) -> bool:
+    """True when rel is a direct child of directory (both relative POSIX paths)."""
+    return str(PurePosixPath(rel).parent) == directory

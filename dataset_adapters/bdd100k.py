@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from dataset_adapters.base import (
-    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, check_option, is_posix_child,
+    walk_files,
 )
 from dataset_adapters.coco import CocoIndex, decode_segmentation, index_coco_json, instances_of_image, load_json
 
@@ -41,6 +42,10 @@ def instances_from_bitmask(path: Path, width: int, height: int, category_ids: tu
         pixels = np.asarray(im)
     category, flags = pixels[..., 0], pixels[..., 1]
     ids = (pixels[..., 2].astype(np.int32) << 8) | pixels[..., 3]
+    unknown = np.unique(category[(ids > 0) & ((category < 1) | (category > len(INS_SEG_CATEGORIES)))])
+    if unknown.size:
+        raise ValueError(f"{path.name}: instance pixels with unknown category values {unknown.tolist()} "
+                         f"(known: 1..{len(INS_SEG_CATEGORIES)})")
     human_ids = np.unique(ids[np.isin(category, category_ids) & (ids > 0)])
     instances = []
     for iid in human_ids:
@@ -60,32 +65,53 @@ def instance_from_scalabel(label: dict, height: int, width: int) -> Instance:
     if not isinstance(rle, dict):
         raise ValueError("has no 'rle' object")
     attributes = label.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ValueError("'attributes' is not an object")
     # Scalabel writes 'ignored'; accept 'ignore' too, as hand-made files use it.
     ignore = attributes.get("ignored", attributes.get("ignore", False))
+    crowd = attributes.get("crowd", False)
+    for key, value in (("crowd", crowd), ("ignored", ignore)):
+        if not isinstance(value, bool):  # "false" is truthy: a person would be skipped as a crowd
+            raise ValueError(f"attribute {key} must be true or false, got {value!r}")
     return Instance.from_full_mask(
-        decode_segmentation(rle, height, width), instance_id=str(label.get("id")), category=label["category"],
-        iscrowd=bool(attributes.get("crowd", False)), ignore=bool(ignore))
+        decode_segmentation(rle, height, width), instance_id=str(label["id"]), category=label["category"],
+        iscrowd=crowd, ignore=ignore)
 
 
 def index_scalabel_frames(data: Any, path: Path, wanted: tuple = HUMAN_CATEGORIES
                           ) -> tuple[dict[str, list[dict]], list[str]]:
-    """Labels of the wanted categories (default: human) by image file name, plus problems such as a frame listed
-    twice."""
+    """Labels of the wanted categories (default: human) by image file name, plus problems that belong to no image.
+
+    Strict: a frame listed twice, a label that is not an object, has no id, repeats an id in its frame, or names a
+    category outside the ins_seg classes is a DatasetError (a dropped label would leave its person in the clear)."""
     frames = data.get("frames") if isinstance(data, dict) else data
     if not isinstance(frames, list):
         raise DatasetError(f"{path} is not a Scalabel label file: expected a list of frames or {{'frames': [...]}}")
     by_name: dict[str, list[dict]] = {}
-    problems = []
     for i, frame in enumerate(frames):
         if not isinstance(frame, dict) or not isinstance(frame.get("name"), str):
             raise DatasetError(f"{path}: frame #{i} has no 'name'")
         name = PurePosixPath(frame["name"]).name
         if name in by_name:
-            problems.append(f"{path.name}: frame {name} is listed more than once; the first entry is used")
-            continue
+            raise DatasetError(f"{path}: frame {name} is listed more than once; refusing to guess which labels "
+                               "hold (merge the entries)")
         labels = frame.get("labels") or []
-        by_name[name] = [lab for lab in labels if isinstance(lab, dict) and lab.get("category") in wanted]
-    return by_name, problems
+        if not isinstance(labels, list):
+            raise DatasetError(f"{path}: frame {name}: 'labels' is not a list")
+        ids = set()
+        for j, lab in enumerate(labels):
+            where = f"{path}: frame {name}: labels[{j}]"
+            if not isinstance(lab, dict):
+                raise DatasetError(f"{where} is not an object")
+            if lab.get("category") not in INS_SEG_CATEGORIES:
+                raise DatasetError(f"{where}: unknown category {lab.get('category')!r}; known: "
+                                   f"{', '.join(INS_SEG_CATEGORIES)} (older BDD100K label files call pedestrians "
+                                   "'person': convert them with the bdd100k toolkit's to_scalabel first)")
+            if not isinstance(lab.get("id"), (str, int)) or isinstance(lab.get("id"), bool) or lab["id"] in ids:
+                raise DatasetError(f"{where}: id {lab.get('id')!r} is missing, not a string or repeated in the frame")
+            ids.add(lab["id"])
+        by_name[name] = [lab for lab in labels if lab["category"] in wanted]
+    return by_name, []
 
 
 @ADAPTERS.register("bdd100k")
@@ -95,10 +121,12 @@ class Bdd100kAdapter(DatasetAdapter):
 
     name = "bdd100k"
     target_categories = ("pedestrian",)
+    human_categories = HUMAN_CATEGORIES
     thing_classes = INS_SEG_CATEGORIES
 
     def __init__(self, root: str | Path, split: str, *, labels: str = "auto", categories: str = "human"):
         super().__init__(root, split)
+        check_option("bdd100k", "labels", labels, str, "a string")
         if labels not in LABEL_SOURCES:
             raise ValueError(f"bdd100k: labels must be one of {LABEL_SOURCES}, got {labels!r}")
         self.categories = check_categories("bdd100k", categories)
@@ -129,7 +157,18 @@ class Bdd100kAdapter(DatasetAdapter):
 
     @cached_property
     def _image_names(self) -> list[str]:
-        return sorted(p.name for p in (self.root / self.image_dir).glob("*.jpg") if p.is_file())
+        """`images/10k/{split}/*.jpg`, walked like the tree (symlinks only inside the root)."""
+        return sorted(PurePosixPath(rel).name for rel in walk_files(self.root, [self.image_dir])
+                      if rel.endswith(".jpg") and is_posix_child(rel, self.image_dir))
+
+    def image_index(self) -> list[tuple[str, tuple[str, ...]]]:
+        cocofmt, _ = self._optional_cocofmt()
+        return [(f"{self.image_dir}/{name}", self._keys(name, cocofmt)) for name in self._image_names]
+
+    @staticmethod
+    def _keys(name: str, cocofmt) -> tuple[str, ...]:
+        coco_image = cocofmt[1].get(name) if cocofmt else None
+        return ((str(coco_image["id"]),) if coco_image else ()) + (name, PurePosixPath(name).stem)
 
     @cached_property
     def _cocofmt(self) -> Optional[tuple[CocoIndex, dict[str, dict]]]:
@@ -137,12 +176,12 @@ class Bdd100kAdapter(DatasetAdapter):
         path = self.root / self.sources["cocofmt"]
         if not path.is_file():
             return None
-        index = index_coco_json(load_json(path), path, self._wanted)
+        index = index_coco_json(load_json(self.source_path(self.sources["cocofmt"])), path, self._wanted)
         return index, {PurePosixPath(str(im["file_name"])).name: im for im in index.images}
 
     @cached_property
     def _scalabel(self) -> tuple[dict[str, list[dict]], list[str]]:
-        return index_scalabel_frames(load_json(self.label_path), self.label_path, self._wanted)
+        return index_scalabel_frames(load_json(self.source_path(self.sources["rle"])), self.label_path, self._wanted)
 
     def _labelled_names(self) -> list[str]:
         if self.labels == "bitmask":
@@ -191,19 +230,21 @@ class Bdd100kAdapter(DatasetAdapter):
 
     def _record(self, name: str, cocofmt: Optional[tuple[CocoIndex, dict[str, dict]]]) -> ImageRecord:
         rel = f"{self.image_dir}/{name}"
-        coco_image = cocofmt[1].get(name) if cocofmt else None
-        keys = ((str(coco_image["id"]),) if coco_image else ()) + (name, PurePosixPath(name).stem)
-        record = ImageRecord(image_id=name, file_name=rel, width=0, height=0, lookup_keys=keys)
+        record = ImageRecord(image_id=name, file_name=rel, width=0, height=0, lookup_keys=self._keys(name, cocofmt))
         try:
-            with Image.open(self.root / rel) as im:
+            with Image.open(self.source_path(rel)) as im:
                 record.width, record.height = im.size
-        except OSError as e:
-            record.problems.append(f"cannot read the size of {rel}: {e}")
+        except DatasetError:
+            raise
+        except Exception as e:  # OSError, PIL's DecompressionBombError, ...: this image fails, the run goes on
+            record.problems.append(f"cannot read the size of {rel}: {type(e).__name__}: {e}")
             return record
         try:
             record.instances, record.problems = self._decode(name, record.width, record.height, cocofmt)
-        except (ValueError, OSError) as e:
-            record.problems.append(str(e))
+        except DatasetError:
+            raise
+        except Exception as e:  # ValueError, OSError, DecompressionBombError...: the image fails, never the run
+            record.problems.append(f"{type(e).__name__}: {e}")
         return record
 
     def _decode(self, name: str, width: int, height: int, cocofmt) -> tuple[list[Instance], list[str]]:
@@ -211,7 +252,8 @@ class Bdd100kAdapter(DatasetAdapter):
             path = self.label_path / f"{PurePosixPath(name).stem}.png"
             if not path.is_file():
                 return [], [f"missing bitmask {self.sources['bitmask']}/{path.name} for {name}"]
-            return instances_from_bitmask(path, width, height, self._category_ids), []
+            real = self.source_path(f"{self.sources['bitmask']}/{path.name}")
+            return instances_from_bitmask(real, width, height, self._category_ids), []
         if self.labels == "rle":
             return self._decode_scalabel(name, width, height)
         return self._decode_cocofmt(name, width, height, cocofmt)
@@ -233,7 +275,7 @@ class Bdd100kAdapter(DatasetAdapter):
         image = by_name.get(name)
         if image is None:
             return [], [f"{self.sources['cocofmt']} has no image entry for {name}"]
-        if (int(image["width"]), int(image["height"])) != (width, height):
+        if (image["width"], image["height"]) != (width, height):
             return [], [f"{self.sources['cocofmt']} says {name} is {image['width']}x{image['height']}, "
                         f"the file is {width}x{height} (w x h)"]
         return instances_of_image(index.anns_by_image.get(image["id"], []), index.category_names, height, width)

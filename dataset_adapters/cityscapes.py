@@ -22,7 +22,8 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
 from dataset_adapters.base import (
-    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, check_option, is_posix_child,
+    walk_files,
 )
 
 MASK_SOURCES = ("instance_ids", "polygons")
@@ -98,10 +99,12 @@ class CityscapesAdapter(DatasetAdapter):
 
     name = "cityscapes"
     target_categories = ("person",)
+    human_categories = tuple(sorted(id2label[i].name for i in HUMAN_LABEL_IDS if id2label[i].hasInstances))
     thing_classes = THING_CLASSES
 
     def __init__(self, root: str | Path, split: str, *, masks: str = "instance_ids", categories: str = "human"):
         super().__init__(root, split)
+        check_option("cityscapes", "masks", masks, str, "a string")
         if masks not in MASK_SOURCES:
             raise ValueError(f"cityscapes: masks must be one of {MASK_SOURCES}, got {masks!r}")
         self.masks = masks
@@ -114,8 +117,13 @@ class CityscapesAdapter(DatasetAdapter):
 
     @cached_property
     def _image_paths(self) -> list[str]:
-        base = self.root / "leftImg8bit" / self.split
-        return sorted(p.relative_to(self.root).as_posix() for p in base.glob(f"*/*{IMAGE_SUFFIX}") if p.is_file())
+        """`leftImg8bit/{split}/{city}/*_leftImg8bit.png`, walked like the tree (symlinks only inside the root)."""
+        base = f"leftImg8bit/{self.split}"
+        return sorted(rel for rel in walk_files(self.root, [base])
+                      if rel.endswith(IMAGE_SUFFIX) and rel.count("/") == base.count("/") + 2)
+
+    def image_index(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(r.file_name, r.lookup_keys) for r in self.bare_records()]
 
     def __len__(self) -> int:
         return len(self._image_paths)
@@ -147,10 +155,12 @@ class CityscapesAdapter(DatasetAdapter):
     def _record(self, rel: str) -> ImageRecord:
         record = self._bare_record(rel)
         try:
-            with Image.open(self.root / rel) as im:
+            with Image.open(self.source_path(rel)) as im:
                 record.width, record.height = im.size
-        except OSError as e:
-            record.problems.append(f"cannot read the size of {rel}: {e}")
+        except DatasetError:
+            raise
+        except Exception as e:  # OSError, PIL's DecompressionBombError, ...: this image fails, the run goes on
+            record.problems.append(f"cannot read the size of {rel}: {type(e).__name__}: {e}")
             return record
         ids, problem = self._id_image(rel, record.width, record.height)
         if problem:
@@ -162,14 +172,16 @@ class CityscapesAdapter(DatasetAdapter):
     def _id_image(self, rel: str, width: int, height: int) -> tuple[Optional[np.ndarray], Optional[str]]:
         suffix = "instanceIds.png" if self.masks == "instance_ids" else "polygons.json"
         path = self._gt_path(rel, suffix)
+        gt_rel = path.relative_to(self.root).as_posix()
         if not path.is_file():
-            return None, f"missing gtFine file {path.relative_to(self.root).as_posix()} for {rel}"
+            return None, f"missing gtFine file {gt_rel} for {rel}"
+        real = self.source_path(gt_rel)
         try:
             if self.masks == "instance_ids":
-                return read_instance_ids_png(path, width, height), None
-            return rasterise_polygons(path, width, height), None
-        except (ValueError, OSError) as e:
-            return None, f"{path.relative_to(self.root).as_posix()}: {e}"
+                return read_instance_ids_png(real, width, height), None
+            return rasterise_polygons(real, width, height), None
+        except Exception as e:  # ValueError, OSError, DecompressionBombError...: the image fails, never the run
+            return None, f"{gt_rel}: {type(e).__name__}: {e}"
 
     def tree_files(self) -> Iterator[str]:
         subdirs = ["leftImg8bit", "gtFine", "camera"]

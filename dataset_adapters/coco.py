@@ -20,7 +20,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from dataset_adapters.base import (
-    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, walk_files,
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, check_option, check_relative,
+    walk_files,
 )
 
 ANNOTATION_KINDS = ("person_keypoints", "instances")
@@ -161,41 +162,98 @@ class CocoIndex:
     problems: list[str] = field(default_factory=list)
 
 
+def _entry_error(path: Path, what: str, problem: str) -> DatasetError:
+    return DatasetError(f"{path}: {what}: {problem}. Annotations must attach to exactly one image and category; "
+                        "avanon refuses the dataset rather than guess (fix the file, then re-run)")
+
+
+def _check_flag(ann: dict, key: str, path: Path, what: str) -> None:
+    """iscrowd / ignore: 0, 1, true or false. A string such as "0" is truthy in Python and would silently turn
+    a person into a crowd that is never anonymized."""
+    if key in ann and not (ann[key] in (0, 1) and isinstance(ann[key], (int, bool))):
+        raise _entry_error(path, what, f"{key} must be 0 or 1, got {ann[key]!r}")
+
+
+def _check_image_entry(image: Any, i: int, path: Path) -> None:
+    what = f"images[{i}]"
+    if not isinstance(image, dict):
+        raise _entry_error(path, what, "is not an object")
+    missing = [k for k in _REQUIRED_IMAGE_KEYS if k not in image]
+    if missing:
+        raise DatasetError(f"{path}: image entry #{i} lacks {', '.join(missing)}")
+    if not _is_int(image["id"]):
+        raise _entry_error(path, what, f"id must be an integer, got {image['id']!r}")
+    for key in ("width", "height"):
+        if not _is_int(image[key]) or image[key] <= 0:
+            raise _entry_error(path, f"{what} (id {image['id']})", f"{key} must be a positive integer, "
+                               f"got {image[key]!r}")
+    check_relative(image["file_name"], f"{path.name}: {what} (id {image['id']}): file_name")
+
+
 def index_coco_json(data: Any, path: Path, wanted: Optional[Iterable[str]]) -> CocoIndex:
     """Keep the images and the annotations of the wanted category names (None: every category); the rest of the
-    (large) JSON is dropped."""
+    (large) JSON is dropped.
+
+    The schema is strict: integer ids, unique image ids and file names, positive integer sizes, plain relative
+    file names, and every annotation (of any category) attached to a listed image and category with 0/1 flags.
+    Anything else is a DatasetError naming the entry: an annotation that does not attach would leave its person
+    in the clear."""
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path} is not a COCO annotation file: no 'images' list")
-    categories = [c for c in data.get("categories") or [] if isinstance(c, dict) and "name" in c]
+    raw_categories = data.get("categories") or []
+    if not isinstance(raw_categories, list):
+        raise DatasetError(f"{path}: 'categories' must be a list")
+    categories: dict[int, str] = {}
+    for i, c in enumerate(raw_categories):
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+            raise _entry_error(path, f"categories[{i}]", "needs an integer id and a string name")
+        if c["id"] in categories:
+            raise _entry_error(path, f"categories[{i}]", f"category id {c['id']} is listed twice")
+        categories[c["id"]] = c["name"]
     wanted = None if wanted is None else set(wanted)
-    category_names = {c.get("id"): c["name"] for c in categories if wanted is None or c["name"] in wanted}
+    category_names = {cid: name for cid, name in categories.items() if wanted is None or name in wanted}
     if not category_names:
-        found = sorted(str(c.get("name")) for c in categories)
+        found = sorted(categories.values())
         looked = "any category" if wanted is None else f"a category named {' or '.join(sorted(wanted))}"
         raise DatasetError(f"{path} has no {looked}; categories: {found}")
-    all_categories = [(c.get("id"), str(c["name"])) for c in categories]
-    try:
-        all_categories.sort(key=lambda c: c[0])
-    except TypeError:  # ids that are not all numbers: keep the JSON's order
-        pass
-    images, problems = {}, []
+    all_categories = sorted(categories.items())
+    images: dict[int, dict] = {}
+    names: dict[str, int] = {}
     for i, image in enumerate(data["images"]):
-        missing = [k for k in _REQUIRED_IMAGE_KEYS if not isinstance(image, dict) or k not in image]
-        if missing:
-            raise DatasetError(f"{path}: image entry #{i} lacks {', '.join(missing)}")
+        _check_image_entry(image, i, path)
         if image["id"] in images:
-            problems.append(f"{path.name}: image id {image['id']} is listed twice; the last entry is used")
+            raise _entry_error(path, f"images[{i}]", f"image id {image['id']} is listed twice")
+        if image["file_name"] in names:
+            raise _entry_error(path, f"images[{i}]", f"file_name {image['file_name']!r} is listed twice (ids "
+                               f"{names[image['file_name']]} and {image['id']})")
         images[image["id"]] = image
-    index = CocoIndex(images=sorted(images.values(), key=lambda im: str(im["file_name"])),
-                      category_names=category_names, all_categories=all_categories, problems=problems)
-    for ann in data.get("annotations") or []:
-        if not isinstance(ann, dict) or ann.get("category_id") not in category_names:
-            continue
-        if ann.get("image_id") not in images:
-            index.problems.append(f"{path.name}: annotation {ann.get('id')} points to image {ann.get('image_id')} "
-                                  f"which is not in the JSON")
-            continue
-        index.anns_by_image.setdefault(ann["image_id"], []).append(ann)
+        names[image["file_name"]] = image["id"]
+    index = CocoIndex(images=sorted(images.values(), key=lambda im: im["file_name"]),
+                      category_names=category_names, all_categories=all_categories)
+    annotations = data.get("annotations") or []
+    if not isinstance(annotations, list):
+        raise DatasetError(f"{path}: 'annotations' must be a list")
+    ann_ids: set[int] = set()
+    for i, ann in enumerate(annotations):
+        what = f"annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise _entry_error(path, what, "is not an object")
+        if not _is_int(ann.get("id")):
+            raise _entry_error(path, what, f"id must be an integer, got {ann.get('id')!r}")
+        what = f"annotation {ann['id']}"
+        if ann["id"] in ann_ids:
+            raise _entry_error(path, what, "annotation id is used twice")
+        ann_ids.add(ann["id"])
+        if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+            raise _entry_error(path, what, f"image_id {ann.get('image_id')!r} is not the integer id of an image "
+                               "listed in the file")
+        if not _is_int(ann.get("category_id")) or ann["category_id"] not in categories:
+            raise _entry_error(path, what, f"category_id {ann.get('category_id')!r} is not the integer id of a "
+                               "category listed in the file")
+        _check_flag(ann, "iscrowd", path, what)
+        _check_flag(ann, "ignore", path, what)
+        if ann["category_id"] in category_names:
+            index.anns_by_image.setdefault(ann["image_id"], []).append(ann)
     return index
 
 
@@ -238,12 +296,10 @@ def instances_of_image(anns: list[dict], category_names: dict, height: int, widt
 # ------------------------------------------------------------------------------------------------------- adapter
 
 
-def _relative(path: str, option: str) -> str:
+def _relative(path: Any, option: str) -> str:
     """Options name paths inside the dataset root, so that the mirror can reproduce them."""
-    posix = PurePosixPath(str(path).replace("\\", "/"))
-    if posix.is_absolute() or ".." in posix.parts or not posix.parts:
-        raise ValueError(f"coco: {option} must be a path relative to the dataset root, got {path!r}")
-    return posix.as_posix()
+    check_option("coco", option, path, str, "a path relative to the dataset root")
+    return check_relative(path.rstrip("/"), f"coco: dataset.options.{option}")
 
 
 @ADAPTERS.register("coco")
@@ -253,10 +309,12 @@ class CocoAdapter(DatasetAdapter):
 
     name = "coco"
     target_categories = ("person",)
+    human_categories = ("person",)
 
     def __init__(self, root: str | Path, split: str, *, annotation: str = "person_keypoints",
                  annotation_file: Optional[str] = None, images_dir: Optional[str] = None, categories: str = "human"):
         super().__init__(root, split)
+        check_option("coco", "annotation", annotation, str, "a string")
         if annotation not in ANNOTATION_KINDS:
             raise ValueError(f"coco: annotation must be one of {ANNOTATION_KINDS}, got {annotation!r}")
         self.categories = check_categories("coco", categories)
@@ -270,7 +328,7 @@ class CocoAdapter(DatasetAdapter):
     @cached_property
     def _index(self) -> CocoIndex:
         wanted = self.target_categories if self.categories == "human" else None
-        return index_coco_json(load_json(self.annotation_path), self.annotation_path, wanted)
+        return index_coco_json(load_json(self.source_path(self.annotation_file)), self.annotation_path, wanted)
 
     @property
     def thing_classes(self) -> tuple[str, ...]:
@@ -293,15 +351,21 @@ class CocoAdapter(DatasetAdapter):
         for image in index.images:
             yield self._record(image, index)
 
+    def image_index(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(f"{self.images_dir}/{im['file_name']}", self._keys(im)) for im in self._index.images]
+
+    @staticmethod
+    def _keys(image: dict) -> tuple[str, ...]:
+        return str(image["id"]), image["file_name"], PurePosixPath(image["file_name"]).stem
+
     def _record(self, image: dict, index: CocoIndex) -> ImageRecord:
-        file_name = str(image["file_name"])
-        height, width = int(image["height"]), int(image["width"])
+        file_name = image["file_name"]
+        height, width = image["height"], image["width"]
         instances, problems = instances_of_image(index.anns_by_image.get(image["id"], []), index.category_names,
                                                  height, width)
         return ImageRecord(
             image_id=str(image["id"]), file_name=f"{self.images_dir}/{file_name}", width=width, height=height,
-            instances=instances, lookup_keys=(str(image["id"]), file_name, PurePosixPath(file_name).stem),
-            problems=problems)
+            instances=instances, lookup_keys=self._keys(image), problems=problems)
 
     def dataset_problems(self) -> list[str]:
         return list(self._index.problems)

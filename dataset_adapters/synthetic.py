@@ -36,7 +36,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from dataset_adapters.base import ADAPTERS, COCO_KEYPOINT_NAMES, DatasetAdapter, DatasetError, ImageRecord
+from dataset_adapters.base import (
+    ADAPTERS, COCO_KEYPOINT_NAMES, DatasetAdapter, DatasetError, ImageRecord, check_option,
+)
 
 FORMATS = ("coco", "cityscapes", "bdd100k")
 DEFAULT_IMAGE_SIZES = {"cityscapes": (256, 512), "coco": (240, 320), "bdd100k": (288, 512)}  # (height, width)
@@ -1516,10 +1518,21 @@ class SyntheticAdapter(DatasetAdapter):
 
     name = "synthetic"
     target_categories = ("person",)
+    human_categories = ("person",)
 
     def __init__(self, root: str | Path, split: str, format: str = "cityscapes", num_train: int = 24,
                  num_val: int = 8, seed: int = 0, image_size: Optional[tuple[int, int]] = None,
                  person_heights: Optional[tuple[float, float]] = None, **format_options):
+        for key, value in (("format", format), ("num_train", num_train), ("num_val", num_val), ("seed", seed)):
+            check_option("synthetic", key, value, str if key == "format" else int,
+                         "a string" if key == "format" else "an integer")
+        if image_size is not None and not (isinstance(image_size, (list, tuple)) and len(image_size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in image_size)):
+            raise DatasetError(f"synthetic: dataset.options.image_size: expected [height, width] integers >= 16, "
+                               f"got {image_size!r}")
+        if format not in FORMATS:
+            raise DatasetError(f"synthetic: dataset.options.format: unknown format {format!r}; choose one of "
+                               f"{', '.join(FORMATS)}")
         self.format = format
         size = tuple(image_size) if image_size is not None else None
         heights = tuple(person_heights) if isinstance(person_heights, (list, tuple)) else person_heights
@@ -1527,6 +1540,7 @@ class SyntheticAdapter(DatasetAdapter):
         super().__init__(root, split)
         self.inner = ADAPTERS.get(format)(self.root, split, **format_options)
         self.target_categories = self.inner.target_categories
+        self.human_categories = self.inner.human_categories
 
     def images(self) -> Iterator[ImageRecord]:
         return self.inner.images()
@@ -1539,6 +1553,12 @@ class SyntheticAdapter(DatasetAdapter):
 
     def dataset_problems(self) -> list[str]:
         return self.inner.dataset_problems()
+
+    def image_index(self) -> list[tuple[str, tuple[str, ...]]]:
+        return self.inner.image_index()
+
+    def source_path(self, rel: str) -> Path:
+        return self.inner.source_path(rel)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -81,8 +81,12 @@ def test_explicit_source_must_exist_and_options_are_checked(tmp_path):
     write_bdd(tmp_path, "train", bdd_scene(), formats=("bitmask",))
     with pytest.raises(DatasetError, match="rles/ins_seg_train.json"):
         Bdd100kAdapter(tmp_path, "train", labels="rle")
-    with pytest.raises(TypeError, match="masks"):
+    with pytest.raises(DatasetError, match="dataset.options.masks: unknown option"):
         build_adapter("bdd100k", tmp_path, "train", masks="polygons")
+    with pytest.raises(DatasetError, match="dataset.options: bdd100k: labels must be one of"):
+        build_adapter("bdd100k", tmp_path, "train", labels="polygons")
+    with pytest.raises(DatasetError, match="dataset.options.labels: expected a string, got 5"):
+        build_adapter("bdd100k", tmp_path, "train", labels=5)
     with pytest.raises(ValueError, match="labels"):
         Bdd100kAdapter(tmp_path, "train", labels="polygons")
     with pytest.raises(DatasetError, match="images/10k/val"):
@@ -134,7 +138,9 @@ def test_cocofmt_size_mismatch_and_missing_image_entry(bdd_root):
     path = bdd_root / "jsons/ins_seg_train_cocofmt.json"
     data = json.loads(path.read_text())
     data["images"][0]["width"] = 32
+    second = next(im["id"] for im in data["images"] if im["file_name"] == SECOND)
     data["images"] = [im for im in data["images"] if im["file_name"] != SECOND]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] != second]
     write_json(path, data)
     records = by_id(Bdd100kAdapter(bdd_root, "train", labels="cocofmt"))
     assert "32x48" in records[FIRST].problems[0] and records[FIRST].instances == []
@@ -156,8 +162,8 @@ def test_cocofmt_annotation_pointing_nowhere(bdd_root):
     data = json.loads(path.read_text())
     data["annotations"][0]["image_id"] = 999
     write_json(path, data)
-    problems = Bdd100kAdapter(bdd_root, "train", labels="cocofmt").dataset_problems()
-    assert problems == ["ins_seg_train_cocofmt.json: annotation 1 points to image 999 which is not in the JSON"]
+    with pytest.raises(DatasetError, match="annotation 1: image_id 999 is not the integer id of an image"):
+        list(Bdd100kAdapter(bdd_root, "train", labels="cocofmt").images())
 
 
 def test_truncated_label_json(bdd_root):

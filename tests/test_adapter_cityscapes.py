@@ -102,8 +102,10 @@ def test_bad_polygons_json_is_a_record_problem(tmp_path, polygons, reason):
 def test_split_and_options_are_checked(cs_root):
     with pytest.raises(DatasetError, match="splits present: \\['train', 'val'\\]"):
         CityscapesAdapter(cs_root, "test")
-    with pytest.raises(TypeError, match="labels"):
+    with pytest.raises(DatasetError, match="dataset.options.labels: unknown option"):
         build_adapter("cityscapes", cs_root, "train", labels="bitmask")
+    with pytest.raises(DatasetError, match="dataset.options.masks: expected a string"):
+        build_adapter("cityscapes", cs_root, "train", masks=["polygons"])
     with pytest.raises(ValueError, match="masks"):
         CityscapesAdapter(cs_root, "train", masks="coarse")
     with pytest.raises(DatasetError, match="root"):

@@ -86,13 +86,15 @@ def test_images_dir_option(coco_root):
 
 
 def test_options_are_checked(coco_root):
-    with pytest.raises(TypeError, match="colour"):
+    with pytest.raises(DatasetError, match="dataset.options.colour: unknown option"):
         build_adapter("coco", coco_root, "train", colour="red")
     with pytest.raises(ValueError, match="annotation"):
         CocoAdapter(coco_root, "train", annotation="captions")
-    for bad in (str(coco_root / "annotations/person_keypoints_train2017.json"), "../x.json"):
-        with pytest.raises(ValueError, match="relative to the dataset root"):
-            CocoAdapter(coco_root, "train", annotation_file=bad)
+    for bad in (str(coco_root / "annotations/person_keypoints_train2017.json"), "../x.json", "a/./b.json"):
+        with pytest.raises(DatasetError, match="not a plain relative path"):
+            build_adapter("coco", coco_root, "train", annotation_file=bad)
+    with pytest.raises(DatasetError, match="annotation_file: expected a path relative to the dataset root"):
+        build_adapter("coco", coco_root, "train", annotation_file=5)
 
 
 def test_missing_annotation_file_names_it(coco_root):
@@ -108,15 +110,16 @@ def test_truncated_json_names_file_and_error(coco_root):
         len(adapter)
 
 
-def test_annotation_pointing_to_no_image_is_a_dataset_problem(tmp_path):
-    write_coco(tmp_path, "train", [coco_image(1), coco_image(1)],
+def test_annotations_that_do_not_attach_refuse_the_dataset(tmp_path):
+    """A duplicate image id or an annotation pointing nowhere would drop a person silently: the dataset is refused
+    and the message names the entry."""
+    write_coco(tmp_path, "train", [coco_image(1), coco_image(1)], [coco_ann(124, 1, [[1, 1, 9, 1, 9, 9]])])
+    with pytest.raises(DatasetError, match=r"images\[1\].*image id 1 is listed twice"):
+        len(CocoAdapter(tmp_path, "train"))
+    write_coco(tmp_path, "train", [coco_image(1)],
                [coco_ann(123, 999, [[1, 1, 9, 1, 9, 9]]), coco_ann(124, 1, [[1, 1, 9, 1, 9, 9]])])
-    adapter = CocoAdapter(tmp_path, "train")
-    problems = adapter.dataset_problems()
-    assert len(problems) == 2 and "image id 1 is listed twice" in problems[0]
-    assert "annotation 123 points to image 999 which is not in the JSON" in problems[1]
-    (record,) = adapter.images()
-    assert [i.instance_id for i in record.instances] == ["124"] and record.problems == []
+    with pytest.raises(DatasetError, match="annotation 123: image_id 999 is not the integer id of an image"):
+        len(CocoAdapter(tmp_path, "train"))
 
 
 @pytest.mark.parametrize("segmentation, reason", [

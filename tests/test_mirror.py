@@ -81,11 +81,11 @@ def test_resume_after_interruption_equals_uninterrupted_run(cityscapes, tmp_path
     real = mirror_mod.process_image
     calls = {"n": 0}
 
-    def dies_on_second(job, record, write=True):
+    def dies_on_second(job, record, write=True, previous=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(job, record, write)
+        return real(job, record, write, previous)
 
     monkeypatch.setattr(mirror_mod, "process_image", dies_on_second)
     with pytest.raises(KeyboardInterrupt):
@@ -262,5 +262,7 @@ def test_hardlink_mode_links_untouched_files_and_never_touches_the_source(citysc
         same_inode = (out / rel).stat().st_ino == (cityscapes / rel).stat().st_ino
         assert same_inode == (line["status"] == "copied"), rel
     ann = next(cityscapes.glob("gtFine/train/*/*_polygons.json")).relative_to(cityscapes)
-    assert (out / ann).stat().st_ino == (cityscapes / ann).stat().st_ino
+    # annotations are copied, never linked: editing the mirror's annotations must not edit the source's
+    assert (out / ann).stat().st_ino != (cityscapes / ann).stat().st_ino
+    assert sha256_file(out / ann) == sha256_file(cityscapes / ann)
     assert verify_mirror(out).clean

@@ -44,7 +44,7 @@ class FilterConfig:
                 "skip_ignore": self.skip_ignore, "require_keypoints": self.require_keypoints}
 
 
-FILTER_KEYS = ("categories", "skip_crowd", "skip_ignore", "require_keypoints")
+FILTER_KEYS = ("categories", "skip_crowd", "skip_ignore", "require_keypoints", "allow_empty")
 
 
 def parse_filters(filters: Optional[dict], target_categories: Sequence[str]) -> FilterConfig:
@@ -54,8 +54,15 @@ def parse_filters(filters: Optional[dict], target_categories: Sequence[str]) -> 
     cats = filters.get("categories")
     if cats is None:
         cats = tuple(target_categories)
-    elif isinstance(cats, str) or not all(isinstance(c, str) for c in cats):
+    elif not isinstance(cats, (list, tuple)) or not all(isinstance(c, str) for c in cats):
         raise RegionConfigError(f"region.filters.categories: expected a list of category names, got {cats!r}")
+    allow_empty = filters.get("allow_empty", False)
+    if not isinstance(allow_empty, bool):
+        raise RegionConfigError(f"region.filters.allow_empty: expected true or false, got {allow_empty!r}")
+    if not cats and not allow_empty:
+        raise RegionConfigError("region.filters.categories: an empty list anonymizes nobody and would copy every "
+                                "image in the clear; name the categories to anonymize (or set "
+                                "filters.allow_empty: true if a mirror without anonymization is really wanted)")
     flags = {}
     for key, default in (("skip_crowd", True), ("skip_ignore", True), ("require_keypoints", False)):
         value = filters.get(key, default)
