@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_report_arguments(sub.add_parser("report", help="Paper-F style tables and plots of a run's results"))
     add_regress_arguments(sub.add_parser("regress", help="compare a run's AP deltas with a committed baseline"))
-    from avanon.weights import add_weights_arguments
+    from avanon.generators.weights.cli import add_weights_arguments
 
     add_weights_arguments(sub)
     from avanon.show import add_show_arguments
@@ -179,7 +179,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         from avanon.regress import cmd_regress
         from avanon.report import cmd_report
-        from avanon.weights import cmd_weights
+        from avanon.generators.weights.cli import cmd_weights
         from avanon.show import cmd_show
 
         return {"run": cmd_run, "anonymize": cmd_anonymize, "inspect": cmd_inspect, "verify": cmd_verify,

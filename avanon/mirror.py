@@ -162,7 +162,7 @@ def check_tools(job: MirrorJob) -> None:
     _, anonymizer, _ = _tools(job)
     check = getattr(anonymizer, "check_weights", None)
     if check is not None:
-        from avanon.weights import WeightsError
+        from avanon.generators.weights import WeightsError
 
         try:
             check(job.region)

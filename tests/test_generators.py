@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from avanon.realistic import (EXPECTED_PARAM_COUNTS, GENERATOR_NAMES, CheckpointError, StyleGANUnet, TriaGAN,
+from avanon.generators import (EXPECTED_PARAM_COUNTS, GENERATOR_NAMES, CheckpointError, StyleGANUnet, TriaGAN,
                               build_generator, joint_map, keypoint_channels, load_generator, map_state_dict,
                               read_checkpoint)
-from avanon.realistic.layers import conv2d_resample, setup_filter, upfirdn2d
+from avanon.generators.layers import conv2d_resample, setup_filter, upfirdn2d
 
 NATIVE = {"face_fdf128": (128, 128), "face_fdf256": (256, 256), "body_nocse288": (288, 160),
           "body_triagan288": (288, 160)}

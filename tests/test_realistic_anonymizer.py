@@ -12,8 +12,8 @@ from avanon.anonymizers import AnonymizerConfigError, build_anonymizer
 from avanon.anonymizers import realistic as R  # noqa: F401  (registers "realistic")
 from avanon.anonymizers.histogram import (RowAdam, histogram_match, hm_soft_mask, hmlo_optimize, rgb_to_sv,
                                           sv_histograms, w1_distance)
-from avanon.anonymizers.latents import (cmd_compute_centers, compute_centers, instance_seed, kmeans, load_centers,
-                                        sample_w)
+from avanon.anonymizers.latents import instance_seed, load_centers, sample_w
+from avanon.generators.weights.centres import cmd_compute_centers, compute_centers, kmeans
 from avanon.anonymizers.realistic import fdf256_region, hr_qualifies, plan_waves, random_generator
 from avanon.regions.body import BodyParams, body_region
 from avanon.regions.face import FaceBox, face_region
@@ -114,7 +114,7 @@ def test_bad_params(params, key):
 
 
 def test_missing_weights_are_reported_before_any_work(tmp_path, monkeypatch):
-    from avanon.weights import WeightsError
+    from avanon.generators.weights import WeightsError
 
     monkeypatch.setenv("AVANON_WEIGHTS", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -135,7 +135,7 @@ def test_missing_weights_are_reported_before_any_work(tmp_path, monkeypatch):
             raise WeightsError(f"no {name}")
         return tmp_path / name
 
-    monkeypatch.setattr("avanon.weights.resolve", only_faces)
+    monkeypatch.setattr("avanon.generators.weights.resolve", only_faces)
     a = build_anonymizer("realistic", {"device": "cpu"})
     a.check_weights("face")
     with pytest.raises(WeightsError, match="body_nocse288"):
@@ -215,13 +215,13 @@ def test_kmeans_and_compute_centers(fdf128_random):
 def test_compute_centers_command_and_multimodal_loading(tmp_path, monkeypatch, fdf128_random):
     """A checkpoint without centres: multi-modal truncation fails with the compute-centers hint; the command's
     sidecar (and checkpoint copy) make it work."""
-    from avanon.weights import WeightsError
+    from avanon.generators.weights import WeightsError
 
     ckpt = tmp_path / "fdf128.ckpt"
     state = {k: v for k, v in fdf128_random.state_dict().items() if k != "style_net.w_centers"}
     torch.save({"EMA_generator": state}, ckpt)
     monkeypatch.setenv("AVANON_WEIGHTS", str(tmp_path / "cache"))
-    monkeypatch.setattr("avanon.weights.resolve", lambda name, path=None: ckpt)
+    monkeypatch.setattr("avanon.generators.weights.resolve", lambda name, path=None: ckpt)
     params = {"device": "cpu", "region_model": "face_fdf128", "truncation": "multimodal"}
     with pytest.raises(WeightsError, match="compute-centers face_fdf128"):
         build_anonymizer("realistic", params).generator("face_fdf128")
@@ -232,7 +232,7 @@ def test_compute_centers_command_and_multimodal_loading(tmp_path, monkeypatch, f
     assert centers.shape == (32, 512)
     G = build_anonymizer("realistic", params).generator("face_fdf128")
     assert torch.equal(G.style_net.w_centers, centers)
-    from avanon.realistic import load_generator
+    from avanon.generators import load_generator
 
     assert torch.equal(load_generator("face_fdf128", tmp_path / "copy.ckpt").style_net.w_centers, centers)
 

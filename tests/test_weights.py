@@ -1,4 +1,4 @@
-"""avanon.weights: registry, lookup order, md5 cache, resumable download, import, CLI. Offline: a local HTTP server
+"""avanon.generators.weights: registry, lookup order, md5 cache, resumable download, import, CLI. Offline: a local HTTP server
 on 127.0.0.1 (ephemeral port) serves a small fake checkpoint; registry entries are monkeypatched."""
 import argparse
 import hashlib
@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from avanon import weights as W
+from avanon.generators import weights as W
+from avanon.generators.weights import cli as weights_cli, registry as weights_registry
 
 PAYLOAD = bytes((i * 7 + (i >> 8) * 13) % 256 for i in range(300_000))
 PAYLOAD_MD5 = hashlib.md5(PAYLOAD).hexdigest()
@@ -108,7 +109,7 @@ def env(tmp_path, monkeypatch):
     torch_home = tmp_path / "torch"
     monkeypatch.setenv("AVANON_WEIGHTS", str(cache))
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setattr(W, "_md5_memory", {})
+    monkeypatch.setattr(weights_registry, "_md5_memory", {})
     entry = W.WeightEntry(name="fake", file="fake-ckpt-0123", md5=PAYLOAD_MD5, urls=("http://127.0.0.1:9/unused",),
                           builds="face_fdf128", kind="generator", source="test", note="test entry")
     monkeypatch.setitem(W.REGISTRY, "fake", entry)
@@ -150,7 +151,7 @@ def test_registry_contents():
 
 
 def test_registry_matches_realistic_checkpoints():
-    realistic = pytest.importorskip("avanon.realistic")
+    realistic = pytest.importorskip("avanon.generators")
     for name, meta in getattr(realistic, "CHECKPOINTS", {}).items():
         e = W.REGISTRY[name]
         assert (meta["url"], meta["md5"], meta.get("filename", e.file)) == (e.url, e.md5, e.file)
@@ -245,9 +246,9 @@ def test_md5_cache(env, monkeypatch):
     assert W.md5sum(f) == PAYLOAD_MD5
     calls = []
     real_md5 = hashlib.md5
-    monkeypatch.setattr(W.hashlib, "md5", lambda *a: calls.append(1) or real_md5(*a))
+    monkeypatch.setattr(weights_registry.hashlib, "md5", lambda *a: calls.append(1) or real_md5(*a))
     assert W.md5sum(f) == PAYLOAD_MD5 and not calls                      # memory hit
-    monkeypatch.setattr(W, "_md5_memory", {})
+    monkeypatch.setattr(weights_registry, "_md5_memory", {})
     assert W.md5sum(f) == PAYLOAD_MD5 and not calls                      # disk hit (.md5-cache.json)
     assert (env["cache"] / ".md5-cache.json").is_file()
     os.replace(env["tmp"] / "big.bin", env["tmp"] / "moved.bin")
@@ -382,7 +383,7 @@ def test_import_small_files_not_hashed_by_default(env):
 
 def _cli(argv):
     p = argparse.ArgumentParser(prog="avanon")
-    W.add_weights_arguments(p.add_subparsers(dest="command", required=True))
+    weights_cli.add_weights_arguments(p.add_subparsers(dest="command", required=True))
     args = p.parse_args(argv)
     return args.func(args)
 

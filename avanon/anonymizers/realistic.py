@@ -2,7 +2,7 @@
 
     build_anonymizer("realistic", {"histogram": "hm"}).anonymize(image, regions, seed)
 
-Generators (``avanon.realistic``; weights via ``avanon.weights.resolve``):
+Generators (``avanon.generators``; weights via ``avanon.generators.weights.resolve``):
 
 * faces: ``face_fdf128`` (FDF128 U-Net StyleGAN, the paper's face model) on the Region's FDF128 crop;
 * bodies: ``body_triagan288`` (keypoint-guided TriA-GAN, 288×160) for instances with at least one visible keypoint,
@@ -47,10 +47,10 @@ expanded box = the simple expansion (square of side 1.4·max(w, h) centred on th
   refined when (side of the square 1.7·max(w, h) centred on the box, int-rounded as the reference)² >= 128².
 * ``fdf128``: the intended rule, the FDF128 expanded box (the Region's exp_box) has area >= 128².
 
-Weights: ``weights: null`` looks every checkpoint up in the cache (avanon.weights.resolve); a mapping
+Weights: ``weights: null`` looks every checkpoint up in the cache (avanon.generators.weights.resolve); a mapping
 ``{generator: path}`` names files (or directories) per generator (and ``"<generator>.w_centers": path`` a centres
 sidecar); a string is a directory holding the files; ``"random"`` builds randomly initialised generators with a
-fixed seed (tests and demos only; also in the tag). Missing checkpoints raise avanon.weights.WeightsError at
+fixed seed (tests and demos only; also in the tag). Missing checkpoints raise avanon.generators.weights.WeightsError at
 construction: with ``region_model: auto`` the region kind is not known yet, so construction fails when neither the
 face set (fdf128 [+ fdf256 for hr_faces]) nor the body set (triagan288 + nocse288) is complete, and
 :meth:`RealisticAnonymizer.check_weights` (kind) checks one kind exactly; an explicit ``region_model`` is checked
@@ -187,7 +187,7 @@ def clear_cache() -> None:
 def _rowwise_linears(G: torch.nn.Module) -> torch.nn.Module:
     """Evaluate every fully connected layer one row at a time, so that a sample's result does not depend on the
     batch it is in (MKL's GEMM for M > 1 and GEMV for M = 1 round differently). In place, idempotent."""
-    from avanon.realistic.layers import FullyConnectedLayer
+    from avanon.generators.layers import FullyConnectedLayer
 
     for m in G.modules():
         if isinstance(m, (FullyConnectedLayer, torch.nn.Linear)) and not getattr(m, "_avanon_rowwise", False):
@@ -206,7 +206,7 @@ def _rowwise_linears(G: torch.nn.Module) -> torch.nn.Module:
 def random_generator(name: str) -> torch.nn.Module:
     """Generator `name` with random weights from a fixed seed (same in every process), w_avg = the mean of 4096
     mapped samples and 512 mapped samples as multi-modal centres. For tests and demos only."""
-    from avanon.realistic import build_generator
+    from avanon.generators import build_generator
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(instance_seed(0, name, "random-weights"))
@@ -408,18 +408,18 @@ class RealisticAnonymizer(Anonymizer):
     def _resolve(self, model: str):
         if model in self._paths:
             return self._paths[model]
-        from avanon.weights import resolve
+        from avanon.generators.weights import resolve
 
         path = resolve(model, self._explicit_path(model))
         self._paths[model] = path
         return path
 
     def check_weights(self, kind: Optional[str] = None) -> None:
-        """Raise avanon.weights.WeightsError unless every checkpoint regions of `kind` (default: both kinds that
+        """Raise avanon.generators.weights.WeightsError unless every checkpoint regions of `kind` (default: both kinds that
         region_model allows) may need is present and verified. Free for weights 'random'."""
         if self._params["weights"] == RANDOM:
             return
-        from avanon.weights import WeightsError
+        from avanon.generators.weights import WeightsError
 
         kinds = [kind] if kind else ["face", "body"]
         errors = []
@@ -440,7 +440,7 @@ class RealisticAnonymizer(Anonymizer):
 
     def _centers_path(self, model: str) -> Optional[str]:
         """The default centres sidecar of `model` in the weights cache, if it exists."""
-        from avanon.weights import centers_path
+        from avanon.generators.weights import centers_path
 
         p = centers_path(model)
         return str(p) if p.is_file() else None
@@ -460,8 +460,8 @@ class RealisticAnonymizer(Anonymizer):
                 if key not in _CACHE:
                     _CACHE[key] = _prepare_module(random_generator(model), device)
         else:
-            from avanon.realistic import load_generator
-            from avanon.weights import WeightsError
+            from avanon.generators import load_generator
+            from avanon.generators.weights import WeightsError
 
             path = self._resolve(model)
             explicit = self._params["weights"].get(model + SUFFIX_CENTERS) \
@@ -591,7 +591,7 @@ class RealisticAnonymizer(Anonymizer):
             if und is not None:
                 undilated = np.asarray(und, dtype=bool)
         if job.model == "body_triagan288":
-            from avanon.realistic import joint_map
+            from avanon.generators import joint_map
 
             inputs["maskrcnn_mask"] = torch.from_numpy(~undilated).to(torch.float32)[None, None]
             kp = np.zeros((17, 3), np.float32) if r.keypoints is None \

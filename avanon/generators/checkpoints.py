@@ -48,6 +48,15 @@ __all__ = [
 
 _LOKE = "https://api.loke.aws.unit.no/dlr-gui-backend-resources-content/v2/contents/links/"
 
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """"auto" (or None): CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 # name -> (class, constructor kwargs). Values are the resolved reference configs.
 _CONFIGS: Dict[str, tuple] = {
     # configs/generators/stylegan_unet.py updated by configs/fdf/stylegan_fdf128.py
