@@ -150,12 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="merge the shard manifests of a mirror written with --shard")
     m.add_argument("mirror")
 
-    t = sub.add_parser("train", help="one training run (python -m avanon.training.engine): --config, --out, "
+    t = sub.add_parser("train", help="one training run (python -m avanon.study.training.engine): --config, --out, "
                        "--resume, --test-only", add_help=False)
     t.add_argument("engine_args", nargs=argparse.REMAINDER)
 
-    from avanon.regress import add_regress_arguments
-    from avanon.report import add_report_arguments
+    from avanon.study.regress import add_regress_arguments
+    from avanon.study.report import add_report_arguments
 
     add_report_arguments(sub.add_parser("report", help="Paper-F style tables and plots of a run's results"))
     add_regress_arguments(sub.add_parser("regress", help="compare a run's AP deltas with a committed baseline"))
@@ -177,8 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     from dataset_adapters import DatasetError
 
     try:
-        from avanon.regress import cmd_regress
-        from avanon.report import cmd_report
+        from avanon.study.regress import cmd_regress
+        from avanon.study.report import cmd_report
         from avanon.generators.weights.cli import cmd_weights
         from avanon.show import cmd_show
 
@@ -280,7 +280,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from avanon.training.engine import main as engine_main
+    from avanon.study.training.cli import main as engine_main
 
     return engine_main(args.engine_args)
 

@@ -134,7 +134,8 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
                only: Optional[list[str]] = None, progress: bool = True, test_only: bool = False,
                anonymize_only: bool = False) -> int:
     """Write every mirror of the recipe; then, when it has a study section, train and evaluate on them."""
-    from avanon.study import run_study, study_enabled
+    from avanon.study.config import study_enabled
+    from avanon.study.runner import run_study
 
     ds = recipe["dataset"]
     adapter = build_adapter(ds["adapter"], ds["root"], ds["split"], **ds["options"])

@@ -7,8 +7,6 @@ overrides are parsed as YAML values and applied before validation.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -16,10 +14,10 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-
-class RecipeError(Exception):
-    """A recipe that cannot be used; the message names the file and the key."""
-
+from avanon.schema import (  # noqa: F401  (RecipeError and config_hash are part of this module's API)
+    Field, RecipeError, config_hash, int_range, is_dict, is_list, is_str, is_type, one_of, validate_section,
+)
+from avanon.study.schema import STUDY_FIELD, validate_study
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -28,85 +26,44 @@ LINK_MODES = ("copy", "hardlink")
 EXIF_FRAMES = ("auto", "oriented", "raw")
 
 
-class _Field:
-    def __init__(self, check: Callable[[Any], Optional[str]], default: Any = None, required: bool = False):
-        self.check, self.default, self.required = check, default, required
-
-
-def _is(types, what):
-    types = types if isinstance(types, tuple) else (types,)
-
-    def check(v):
-        # bool is an int in Python; only accept it where a bool is asked for
-        ok = isinstance(v, types) and (bool in types or not isinstance(v, bool))
-        return None if ok else f"must be {what}, got {v!r}"
-    return check
-
-
-def _one_of(*choices):
-    def check(v):
-        return None if v in choices else f"must be one of {', '.join(map(str, choices))}; got {v!r}"
-    return check
-
-
-def _int_range(lo, hi=None):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int):
-            return f"must be an integer, got {v!r}"
-        if v < lo or (hi is not None and v > hi):
-            return f"must be in [{lo}, {hi if hi is not None else '∞'}], got {v}"
-        return None
-    return check
-
-
-_str = _is(str, "a string")
-_dict = _is(dict, "a mapping")
-_list = _is(list, "a list")
-
-# Sections this module validates. Other modules register theirs (training, evaluation, report) with
-# `register_section` so that one recipe file holds the whole study.
+# The recipe's sections; the stages' own sections (the study) are added from SECTIONS below.
 SCHEMA: dict[str, Any] = {
-    "name": _Field(_str, required=True),
-    "description": _Field(_str, default=""),
-    "seed": _Field(_int_range(0), default=0),
-    "workers": _Field(_int_range(1), default=1),
+    "name": Field(is_str, required=True),
+    "description": Field(is_str, default=""),
+    "seed": Field(int_range(0), default=0),
+    "workers": Field(int_range(1), default=1),
     "dataset": {
-        "adapter": _Field(_str, required=True),
-        "root": _Field(_str, required=True),
-        "split": _Field(_str, default="train"),
-        "options": _Field(_dict, default={}),
+        "adapter": Field(is_str, required=True),
+        "root": Field(is_str, required=True),
+        "split": Field(is_str, default="train"),
+        "options": Field(is_dict, default={}),
     },
     "regions": {
-        "body": _Field(_dict, default={}),
-        "face": _Field(_dict, default={}),
+        "body": Field(is_dict, default={}),
+        "face": Field(is_dict, default={}),
     },
-    "filters": _Field(_dict, default={}),
+    "filters": Field(is_dict, default={}),
     # Keypoints for the keypoint-guided body generator: annotations (COCO) | file (the reference's
     # annotated_keypoints JSON) | estimator (top-down pose model on each mask box).
     "keypoints": {
-        "provider": _Field(_str, default="annotations"),
-        "params": _Field(_dict, default={}),
+        "provider": Field(is_str, default="annotations"),
+        "params": Field(is_dict, default={}),
     },
-    "anonymize": _Field(_list, default=[]),
+    "anonymize": Field(is_list, default=[]),
     "output": {
-        "root": _Field(_str, default="out"),
-        "link": _Field(_one_of(*LINK_MODES), default="copy"),
-        "exif_frame": _Field(_one_of(*EXIF_FRAMES), default="auto"),
-        "jpeg_quality": _Field(_int_range(1, 100), default=100),
-        "png_compression": _Field(_int_range(0, 9), default=3),
-        "copy_unannotated": _Field(_is(bool, "true or false"), default=False),
+        "root": Field(is_str, default="out"),
+        "link": Field(one_of(*LINK_MODES), default="copy"),
+        "exif_frame": Field(one_of(*EXIF_FRAMES), default="auto"),
+        "jpeg_quality": Field(int_range(1, 100), default=100),
+        "png_compression": Field(int_range(0, 9), default=3),
+        "copy_unannotated": Field(is_type(bool, "true or false"), default=False),
     },
 }
 
 METHOD_ENTRY_KEYS = {"region", "method", "params", "name", "variant"}
-_SECTION_VALIDATORS: list[Callable[[dict, str], None]] = []
-
-
-def register_section(name: str, schema: dict, validator: Optional[Callable[[dict, str], None]] = None) -> None:
-    """Let another module (training, report) add a top-level section with its own schema and checks."""
-    SCHEMA[name] = schema
-    if validator is not None:
-        _SECTION_VALIDATORS.append(validator)
+# Sections that a stage declares and checks itself (see avanon.schema): name -> (field, validator).
+SECTIONS: dict[str, tuple[Field, Callable[[dict, str], None]]] = {"study": (STUDY_FIELD, validate_study)}
+SCHEMA.update({name: field for name, (field, _) in SECTIONS.items()})
 
 
 def _expand_env(value: Any, key: str, src: str) -> Any:
@@ -124,31 +81,6 @@ def _expand_env(value: Any, key: str, src: str) -> Any:
     if isinstance(value, list):
         return [_expand_env(v, f"{key}[{i}]", src) for i, v in enumerate(value)]
     return value
-
-
-def _validate(data: Any, schema: dict, prefix: str, src: str) -> dict:
-    if not isinstance(data, dict):
-        raise RecipeError(f"{src}: {prefix or 'recipe'}: must be a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - set(schema))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise RecipeError(f"{src}: {where}{unknown[0]}: unknown key; allowed here: {', '.join(sorted(schema))}")
-    out = {}
-    for key, spec in schema.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(spec, dict):
-            out[key] = _validate(data.get(key, {}), spec, path, src)
-            continue
-        if key not in data or data[key] is None:
-            if spec.required:
-                raise RecipeError(f"{src}: {path}: required key is missing")
-            out[key] = copy.deepcopy(spec.default)
-            continue
-        problem = spec.check(data[key])
-        if problem:
-            raise RecipeError(f"{src}: {path}: {problem}")
-        out[key] = data[key]
-    return out
 
 
 def _validate_anonymize(entries: list, src: str) -> list[dict]:
@@ -234,13 +166,11 @@ def apply_overrides(data: dict, overrides: list[str], src: str) -> dict:
 
 def validate(data: dict, src: str = "<recipe>") -> dict:
     """Validate a raw recipe mapping and return it resolved (defaults filled, env vars expanded)."""
-    import avanon.study  # noqa: F401  (registers the study section)
-
     data = _expand_env(data, "", src)
-    resolved = _validate(data, SCHEMA, "", src)
+    resolved = validate_section(data, SCHEMA, "", src)
     _validate_dataset(resolved["dataset"], src)
     resolved["anonymize"] = _validate_anonymize(resolved["anonymize"], src)
-    for validator in _SECTION_VALIDATORS:
+    for _, validator in SECTIONS.values():
         validator(resolved, src)
     return resolved
 
@@ -262,8 +192,3 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict
     resolved = validate(data, src)
     resolved["_source"] = src
     return resolved
-
-
-def config_hash(obj: Any) -> str:
-    """Stable short hash of a JSON-able object (the identity of a mirror's settings)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

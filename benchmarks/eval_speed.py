@@ -27,7 +27,7 @@ import numpy as np
 
 from dataset_adapters import build_adapter
 from dataset_adapters.synthetic import generate
-from avanon.evaluation import (
+from avanon.study.evaluation import (
     decode_mask, encode_mask, evaluate_cityscapes, evaluate_coco, faster_available, ground_truth_coco,
     results_from_ground_truth,
 )

@@ -38,9 +38,9 @@ def _cpu_seconds() -> float:
 def bench(depth: int, dataset, args, options: dict) -> dict:
     import torch
 
-    from avanon.training.data import collate
-    from avanon.training.engine import InfiniteSampler
-    from avanon.training.models import build_model
+    from avanon.study.training.data import collate
+    from avanon.study.training.engine import InfiniteSampler
+    from avanon.study.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model("instance_segmentation", depth, len(dataset.thing_classes), None, args.min_size,
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from dataset_adapters import build_adapter
     from dataset_adapters.synthetic import generate
-    from avanon.training.data import DetectionDataset
+    from avanon.study.training.data import DetectionDataset
 
     options = {} if args.standard else dict(DEMO_MODEL)
     for item in args.set:

@@ -16,12 +16,12 @@ from adapter_fixtures import (
     CITYSCAPES_SCENE, write_bdd, write_coco,
 )
 from dataset_adapters import ImageRecord, build_adapter
-from avanon.evaluation import (
+from avanon.study.evaluation import (
     category_ids, coco_image_ids, decode_mask, encode_mask, evaluate, evaluate_cityscapes, evaluate_coco,
     faster_available, ground_truth_coco, official_thing_classes, results_from_detections,
     results_from_ground_truth,
 )
-from avanon.evaluation import cityscapes_eval
+from avanon.study.evaluation import cityscapes_eval
 
 BACKENDS = ["pycocotools", pytest.param("faster", marks=pytest.mark.skipif(
     not faster_available(), reason="faster-coco-eval is not installed (optional extra 'faster-eval')"))]

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from avanon.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, main, read_baseline,
+from avanon.study.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, main, read_baseline,
                             write_baseline)
 
 SEG = ("AP", "AP_person")

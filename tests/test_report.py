@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from avanon import paper_f
-from avanon.report import (ReportWarning, ResultsError, fmt_cell, fmt_delta, load_results, main, summarize,
+from avanon.study import paper_f
+from avanon.study.report import (ReportWarning, ResultsError, fmt_cell, fmt_delta, load_results, main, summarize,
                            write_report)
 
 SEG = ("AP", "AP50", "AP_person")

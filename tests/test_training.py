@@ -15,13 +15,13 @@ from pycocotools import mask as mask_utils
 
 from dataset_adapters import build_adapter
 from dataset_adapters.synthetic import generate
-from avanon.training import data as tdata
-from avanon.training import engine
-from avanon.training.mmdet_config import mmdet_config_dict, mmdet_config_text, parse_config_text
-from avanon.training.models import (
+from avanon.study.training import data as tdata
+from avanon.study.training import engine
+from avanon.study.training.mmdet_config import mmdet_config_dict, mmdet_config_text, parse_config_text
+from avanon.study.training.models import (
     InitWeightsError, MissingInitFile, build_model, init_kind, published_urls,
 )
-from avanon.training.trainers import TRAINERS, TrainerUnavailable, check_mmdet, prepare_mmdet_run
+from avanon.study.training.trainers import TRAINERS, TrainerUnavailable, check_mmdet, prepare_mmdet_run
 
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 # torchvision's widths cut down so that an iteration on 64x128 images takes a fraction of a second
@@ -216,7 +216,7 @@ def test_detector_state_dict_round_trip_and_head_reinit(tmp_path, caplog):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert b.init_report["kind"] == "detector" and not b.init_report["reinitialised"]
-    with caplog.at_level("INFO", logger="avanon.training.models"):
+    with caplog.at_level("INFO", logger="avanon.study.training.models"):
         c = build_model("instance_segmentation", 18, 5, init=path, norm="bn", trainable_backbone_layers=5)
     reinit = c.init_report["reinitialised"]
     assert {r.split()[0] for r in reinit} == {
@@ -320,7 +320,7 @@ def test_predict_returns_valid_coco_results_and_test_only(root, tmp_path):
         mask = mask_utils.decode({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"]})
         assert mask.shape == sizes[r["image_id"]]
     try:
-        import avanon.evaluation  # noqa: F401
+        import avanon.study.evaluation  # noqa: F401
     except ImportError:
         pass
     else:
@@ -417,7 +417,7 @@ def test_mmdet_config_is_the_same_model_and_schedule(tmp_path):
 
 
 def test_mmdet_run_files_and_missing_backend(root, tmp_path):
-    pytest.importorskip("avanon.evaluation")
+    pytest.importorskip("avanon.study.evaluation")
     cfg = tiny_config(root)
     path = prepare_mmdet_run(cfg, tmp_path / "mm")
     ns = parse_config_text(path.read_text())

@@ -35,7 +35,7 @@ Choices (documented because they change what is trained on):
 Augmentation is only a random horizontal flip here (with COCO keypoint left/right swap); resizing (multi-scale in
 training, `min_size` list capped by `max_size`) is done by the model's `GeneralizedRCNNTransform`, as in
 torchvision. The flip of sample k of the training stream is drawn from a per-sample seed that the sampler
-passes in (see `avanon.training.engine.InfiniteSampler`), so augmentation does not depend on the number of
+passes in (see `avanon.study.training.engine.InfiniteSampler`), so augmentation does not depend on the number of
 DataLoader workers and is identical after a resume.
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def thing_classes_of(adapter) -> tuple[str, ...]:
 
 
 def _local_coco_image_ids(records: Sequence) -> dict[str, int]:
-    """Fallback for avanon.evaluation.results.coco_image_ids, same rule: the records' own ids when all are unique
+    """Fallback for avanon.study.evaluation.results.coco_image_ids, same rule: the records' own ids when all are unique
     decimal numbers (COCO), else 1, 2, ... in the adapter's order."""
     ids = [r.image_id for r in records]
     if records and all(isinstance(i, str) and i.isascii() and i.isdigit() for i in ids) \
@@ -86,9 +86,9 @@ def _local_coco_image_ids(records: Sequence) -> dict[str, int]:
 
 
 def coco_image_ids(records: Sequence) -> dict[str, int]:
-    """file_name -> int image id, the ids ground truth and predictions share (avanon.evaluation's rule)."""
+    """file_name -> int image id, the ids ground truth and predictions share (avanon.study.evaluation's rule)."""
     try:
-        from avanon.evaluation.results import coco_image_ids as _ids
+        from avanon.study.evaluation.results import coco_image_ids as _ids
     except ImportError:
         return _local_coco_image_ids(records)
     return _ids(records)

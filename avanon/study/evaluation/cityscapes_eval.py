@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from dataset_adapters.base import DatasetAdapter, innermost_adapter, thing_classes_of
-from avanon.evaluation.results import check_predictions, coco_image_ids, decode_mask
+from avanon.study.evaluation.results import check_predictions, coco_image_ids, decode_mask
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 GT_SUFFIX = "_gtFine_instanceIds.png"

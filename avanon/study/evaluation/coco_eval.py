@@ -27,7 +27,7 @@ import numpy as np
 from dataset_adapters.base import (
     COCO_KEYPOINT_NAMES, DatasetAdapter, categories_of, innermost_adapter, thing_classes_of,
 )
-from avanon.evaluation.results import category_ids, check_predictions, coco_image_ids, encode_mask
+from avanon.study.evaluation.results import category_ids, check_predictions, coco_image_ids, encode_mask
 
 
 IOU_TYPES = ("bbox", "segm", "keypoints")

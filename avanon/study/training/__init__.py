@@ -11,19 +11,19 @@ __all__ = ["train", "predict", "build_model", "DetectionDataset", "TRAINERS", "r
 
 def __getattr__(name):
     if name in ("train", "predict", "resolve_config", "DEFAULT_CONFIG"):
-        from avanon.training import engine
+        from avanon.study.training import engine
 
         return getattr(engine, name)
     if name == "build_model":
-        from avanon.training.models import build_model
+        from avanon.study.training.models import build_model
 
         return build_model
     if name == "DetectionDataset":
-        from avanon.training.data import DetectionDataset
+        from avanon.study.training.data import DetectionDataset
 
         return DetectionDataset
     if name == "TRAINERS":
-        from avanon.training.trainers import TRAINERS
+        from avanon.study.training.trainers import TRAINERS
 
         return TRAINERS
-    raise AttributeError(f"module 'avanon.training' has no attribute {name!r}")
+    raise AttributeError(f"module 'avanon.study.training' has no attribute {name!r}")

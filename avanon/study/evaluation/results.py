@@ -177,7 +177,7 @@ def check_predictions(predictions: Sequence[Mapping], image_ids: Optional[Iterab
                 raise ValueError(f"prediction #{i} has no {key!r}: {_short(p)}")
         if image_ids is not None and p["image_id"] not in image_ids:
             raise ValueError(f"prediction #{i} has image_id {p['image_id']!r}, which is not an image of the ground "
-                             f"truth (ids come from avanon.evaluation.coco_image_ids)")
+                             f"truth (ids come from avanon.study.evaluation.coco_image_ids)")
         if category_ids is not None and p["category_id"] not in category_ids:
             raise ValueError(f"prediction #{i} has category_id {p['category_id']!r}; the ground truth has "
                              f"{sorted(category_ids)} (1-based positions in thing_classes)")

@@ -1,11 +1,11 @@
 """Paper F's published numbers (Hukkelås & Lindseth, CVPRW 2023, Tables 1-4), in avanon's names.
 
-The numbers ship as package data, ``avanon/data/paper_f_tables.csv`` (a copy of
+The numbers ship as package data, ``avanon/study/data/paper_f_tables.csv`` (a copy of
 ``shared/reference/paper_f_tables.csv``), one row per cell::
 
     table,dataset,task,model,region,method,metric,mean,stderr,delta
 
-Names are mapped to the ones the training pipeline writes into ``results.jsonl`` (see :mod:`avanon.report`):
+Names are mapped to the ones the training pipeline writes into ``results.jsonl`` (see :mod:`avanon.study.report`):
 
 - ``region`` and ``metric`` are the same (``none``/``face``/``body``; ``AP``, ``AP50``, ``AP_person`` for
   instance segmentation, ``box_AP`` and ``kp_AP`` for keypoints).
@@ -68,7 +68,7 @@ TableSpec = Union[int, Iterable[int]]
 
 def _csv_text() -> str:
     # one name per joinpath: Traversable.joinpath takes several only from Python 3.11
-    return resources.files("avanon").joinpath("data").joinpath("paper_f_tables.csv").read_text(encoding="utf-8")
+    return resources.files("avanon.study").joinpath("data").joinpath("paper_f_tables.csv").read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)

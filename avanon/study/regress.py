@@ -1,7 +1,7 @@
 """`avanon regress RESULTS --baseline FILE`: a CI gate on the AP *drops* (Δ vs Original), not on raw AP.
 
-RESULTS is a run directory holding ``results.jsonl`` or the ``.jsonl`` file itself (format: :mod:`avanon.report`).
-Both sides are aggregated the same way (:func:`avanon.report.summarize`): per (dataset, task, model, depth,
+RESULTS is a run directory holding ``results.jsonl`` or the ``.jsonl`` file itself (format: :mod:`avanon.study.report`).
+Both sides are aggregated the same way (:func:`avanon.study.report.summarize`): per (dataset, task, model, depth,
 variant, region, method) and metric, over the seeds,
 
     Δ     = mean(method) − mean(Original of the same dataset/task/model/depth/variant)
@@ -54,7 +54,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from avanon.report import KEY, ReportWarning, ResultsError, load_results, results_path, summarize
+from avanon.study.report import KEY, ReportWarning, ResultsError, load_results, results_path, summarize
 
 BASELINE_FORMAT = "avanon-regress-baseline"
 BASELINE_VERSION = 1

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from dataset_adapters.base import DatasetAdapter, innermost_adapter, thing_classes_of
-from avanon.evaluation.cityscapes_eval import evaluate_cityscapes, official_thing_classes
-from avanon.evaluation.coco_eval import (
+from avanon.study.evaluation.cityscapes_eval import evaluate_cityscapes, official_thing_classes
+from avanon.study.evaluation.coco_eval import (
     evaluate_coco, faster_available, ground_truth_coco, resolve_backend, save_ground_truth,
 )
-from avanon.evaluation.results import (
+from avanon.study.evaluation.results import (
     category_ids, check_predictions, coco_image_ids, decode_mask, encode_mask, load_predictions, prediction,
     results_from_detections, results_from_ground_truth, save_predictions, xyxy_to_xywh,
 )

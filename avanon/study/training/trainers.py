@@ -1,7 +1,7 @@
 """Training backends by the names recipes use: TRAINERS.get(name)(config, out_dir, resume=..., test_only=...).
 
-- "torchvision" (default): avanon.training.engine.train.
-- "mmdet" (optional): the same Mask R-CNN run as an MMDetection 3.x config (avanon.training.mmdet_config), run by
+- "torchvision" (default): avanon.study.training.engine.train.
+- "mmdet" (optional): the same Mask R-CNN run as an MMDetection 3.x config (avanon.study.training.mmdet_config), run by
   mmengine's Runner. It needs mmdet 3.x with a *compiled* mmcv 2.x (mmcv.ops); see `MMDET_INSTALL`.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ class TrainerUnavailable(RuntimeError):
 @TRAINERS.register("torchvision")
 def torchvision_trainer(config: dict, out_dir: str | Path, *, resume: bool = False, test_only: bool = False,
                         argv: Optional[list[str]] = None) -> dict:
-    from avanon.training.engine import train
+    from avanon.study.training.engine import train
 
     return train(config, out_dir, resume=resume, test_only=test_only, argv=argv)
 
@@ -51,9 +51,9 @@ def check_mmdet() -> None:
 def prepare_mmdet_run(config: dict, out_dir: str | Path, num_gpus: int = 1) -> Path:
     """Resolve the config, export the train (mirror) / val (original) annotations as COCO JSON and write
     OUT/config.json and OUT/mmdet_config.py; returns the mmdet config path. Needs no mmdet."""
-    from avanon.training import data as tdata
-    from avanon.training.engine import CONFIG, resolve_config
-    from avanon.training.mmdet_config import export_annotations, mmdet_config_text
+    from avanon.study.training import data as tdata
+    from avanon.study.training.config import CONFIG, resolve_config
+    from avanon.study.training.mmdet_config import export_annotations, mmdet_config_text
 
     cfg = resolve_config(config)
     out = Path(out_dir)

@@ -1,0 +1,51 @@
+"""`avanon train` / `python -m avanon.study.training`: one training run from a config file."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Optional
+
+import torch
+
+from avanon.study.training.config import ConfigError, load_config_file
+from avanon.study.training.engine import _dist_on, dist_info
+
+def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of one training run (`avanon train`, `python -m avanon.study.training`, torchrun)."""
+    p.add_argument("--config", required=True, help="YAML or JSON config (or a recipe with a train: section)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. solver.lr=0.01")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
+    p.add_argument("--test-only", action="store_true", help="load OUT/model_final.pth (or the checkpoint), predict")
+    p.add_argument("--trainer", default="torchvision", help="torchvision (default) or mmdet")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m avanon.study.training",
+                                description="Train Mask R-CNN / Keypoint R-CNN on a (mirrored) dataset.")
+    args = add_train_arguments(p).parse_args(argv)
+    return cmd_train(args, argv)
+
+
+def cmd_train(args, argv: Optional[list[str]] = None) -> int:
+    """One run from parsed arguments; argv is what is recorded as the run's command line."""
+    from dataset_adapters import DatasetError
+    from avanon.study.training.models import InitWeightsError
+    from avanon.study.training.trainers import TRAINERS, TrainerUnavailable
+
+    try:
+        cfg = load_config_file(args.config, args.set)
+        summary = TRAINERS.get(args.trainer)(cfg, args.out, resume=args.resume, test_only=args.test_only,
+                                             argv=[sys.executable, "-m", "avanon.study.training",
+                                                   *(argv if argv is not None else sys.argv[1:])])
+    except (ConfigError, InitWeightsError, TrainerUnavailable, DatasetError, FileNotFoundError, KeyError) as e:
+        print(f"avanon.study.training: error: {e}", file=sys.stderr)
+        return 2
+    if dist_info()[0] == 0:
+        print(json.dumps({k: v for k, v in summary.items() if not k.startswith("_")}))
+    if _dist_on():
+        torch.distributed.destroy_process_group()
+    return 0
+
