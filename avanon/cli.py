@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     from avanon.generators.weights.cli import add_weights_arguments
 
     add_weights_arguments(sub)
-    from avanon.show import add_show_arguments
+    from avanon.mirror.show import add_show_arguments
 
     add_show_arguments(sub.add_parser("show", help="PNG grid of random original / anonymized pairs of mirrors"))
     return p
@@ -180,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from avanon.study.regress import cmd_regress
         from avanon.study.report import cmd_report
         from avanon.generators.weights.cli import cmd_weights
-        from avanon.show import cmd_show
+        from avanon.mirror.show import cmd_show
 
         return {"run": cmd_run, "anonymize": cmd_anonymize, "inspect": cmd_inspect, "verify": cmd_verify,
                 "merge": cmd_merge, "report": cmd_report, "regress": cmd_regress,
@@ -229,7 +229,7 @@ def cmd_anonymize(args) -> int:
 
 def cmd_inspect(args) -> int:
     from dataset_adapters import build_adapter
-    from avanon.dataset_stats import collect_stats, format_stats, plot_box_sizes
+    from avanon.mirror.inspect import collect_stats, format_stats, plot_box_sizes
     from avanon.regions import build_region_selector
 
     adapter = build_adapter(args.dataset, args.root, args.split, **_kv_list(args.option, "--option"))
@@ -237,7 +237,7 @@ def cmd_inspect(args) -> int:
     selector = build_region_selector("body", {"min_size": 0}, _kv_list(args.filter, "--filter"), Path(args.root),
                                      adapter.target_categories)
     if args.keypoints:
-        from avanon.keypoints import KeypointConfigError, build_keypoint_provider
+        from avanon.regions.keypoints import KeypointConfigError, build_keypoint_provider
 
         try:
             provider = build_keypoint_provider(args.keypoints, _kv_list(args.keypoints_param, "--keypoints-param"),
@@ -260,7 +260,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from avanon.verify import VerifyError, verify_mirror
+    from avanon.mirror.verify import VerifyError, verify_mirror
 
     try:
         report = verify_mirror(args.mirror, args.source, args.sample)
@@ -287,7 +287,7 @@ def cmd_train(args) -> int:
 
 def cmd_merge(args) -> int:
     from avanon.mirror import merge_shards, read_manifest
-    from avanon.verify import VerifyError, load_run
+    from avanon.mirror.verify import VerifyError, load_run
 
     if not Path(args.mirror).is_dir():
         print(f"avanon: error: {args.mirror} does not exist or is not a directory", file=sys.stderr)

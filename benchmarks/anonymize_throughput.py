@@ -23,8 +23,9 @@ import numpy as np
 from dataset_adapters import build_adapter
 from dataset_adapters.synthetic import generate
 from avanon.anonymizers import build_anonymizer
-from avanon.imageio import atomic_write_bytes, encode_image, read_image
-from avanon.mirror import MirrorJob, _limit_threads, process_image, write_mirror
+from avanon.mirror.imageio import atomic_write_bytes, encode_image, read_image
+from avanon.mirror.plan import MirrorJob
+from avanon.mirror.writer import _limit_threads, process_image, write_mirror
 from avanon.regions import build_region_selector
 
 METHODS = {"blur": {}, "mask_out": {}}

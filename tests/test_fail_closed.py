@@ -21,11 +21,11 @@ from adapter_fixtures import (
     BddObject, box_mask, cityscapes_polygons, coco_ann, coco_image, make_cityscapes, rle_of, write_bdd, write_coco,
     write_cityscapes_frame, write_image, write_json,
 )
-from avanon import mirror as mirror_mod
+from avanon.mirror import writer as mirror_mod
 from avanon.cli import main
-from avanon.imageio import sha256_file
+from avanon.mirror.imageio import sha256_file
 from avanon.mirror import read_manifest
-from avanon.verify import verify_mirror
+from avanon.mirror.verify import verify_mirror
 
 REPO = Path(__file__).resolve().parents[1]
 PERSON_BOX = (10, 5, 50, 45)  # x0, y0, x1, y1 in the 64x48 fixture images

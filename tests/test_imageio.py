@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avanon.imageio import (
+from avanon.mirror.imageio import (
     ImageReadError, atomic_copy, atomic_write_bytes, encode_image, read_image, resolve_frame, sha256_file,
 )
 

@@ -12,7 +12,7 @@ import pytest
 from cityscapesscripts.helpers.annotation import Annotation
 from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 
-from avanon.keypoints import (
+from avanon.regions.keypoints import (
     KEYPOINT_PROVIDERS, TORCHVISION_KEYPOINT_URL, KeypointConfigError, LoaderEntry, build_keypoint_provider,
     cityscapes_instance_values, cityscapes_loader_order,
 )
@@ -235,7 +235,7 @@ def estimator(random_weights):
 @pytest.fixture(scope="module")
 def estimated(estimator, cs_root):
     """(record, image, keypoints, backbone calls) of an image with >= 3 persons."""
-    from avanon.imageio import read_image
+    from avanon.mirror.imageio import read_image
 
     adapter = build_adapter("cityscapes", cs_root, "train")
     record = next(r for r in adapter.images()

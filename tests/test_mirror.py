@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from adapter_fixtures import make_cityscapes, make_coco
-from avanon import mirror as mirror_mod
+from avanon.mirror import writer as mirror_mod
 from avanon.cli import main
-from avanon.imageio import sha256_file
+from avanon.mirror.imageio import sha256_file
 from avanon.mirror import MirrorError, read_manifest, write_mirror
-from avanon.pipeline import make_jobs
+from avanon.mirror.plan import make_jobs
 from avanon.recipe import validate
-from avanon.verify import verify_mirror
+from avanon.mirror.verify import verify_mirror
 from dataset_adapters import build_adapter
 
 

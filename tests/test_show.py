@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from avanon.cli import main
-from avanon.show import (
+from avanon.mirror.show import (
     CAPTION_H, DEFAULT_CELL, HEADER_H, MARGIN, ShowError, crop_box, grid_size, load_mirror, make_grid, pick_files,
 )
 

@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Optional
 
-from avanon.imageio import atomic_write_bytes
+from avanon.mirror.imageio import atomic_write_bytes
 from avanon.study.config import RESULTS, resolved_study, run_config, study_dir, study_enabled
 
 

@@ -5,7 +5,7 @@ annotation files are byte-identical), the pixels from `image_root` (the mirror) 
 names. That is the whole point of a mirror: same annotations, another image root.
 
 Targets are in torchvision's detection format, in the annotation frame (images are decoded with
-`avanon.imageio.read_image`, so EXIF orientation is resolved exactly as the mirror writer did):
+`avanon.mirror.imageio.read_image`, so EXIF orientation is resolved exactly as the mirror writer did):
 
 - ``boxes`` float32 (N, 4) xyxy, the instance's tight mask box (x1/y1 exclusive, as the adapters give it);
 - ``labels`` int64 (N,), 1-based positions in the adapter's ``thing_classes`` (0 is torchvision's background);
@@ -221,7 +221,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             index, seed = int(key[0]), int(key[1])
         else:
             index, seed = int(key), None
-        from avanon.imageio import read_image
+        from avanon.mirror.imageio import read_image
 
         s = self.samples[index]
         loaded = read_image(self.image_root / s.file_name, (s.width, s.height), self.exif_frame)

@@ -16,8 +16,10 @@ from typing import Optional
 import numpy as np
 
 from dataset_adapters import build_adapter
-from avanon.imageio import IMAGE_SUFFIXES, ImageReadError, header_frame, read_image, sha256_file
-from avanon.mirror import RUN_FILE, MirrorJob, _tools, image_seed, read_manifest
+from avanon.mirror.imageio import IMAGE_SUFFIXES, ImageReadError, header_frame, read_image, sha256_file
+from avanon.mirror.manifest import RUN_FILE, read_manifest
+from avanon.mirror.plan import MirrorJob, image_seed, region_identity
+from avanon.mirror.writer import _tools
 
 META_FILES = {RUN_FILE, "manifest.jsonl", "summary.json"}
 # q100 4:4:4 JPEG re-encoding moves pixels by about 0.5 grey level on average; anything near the original
@@ -62,7 +64,6 @@ def job_from_run(run: dict, mirror: Path, source_root: Optional[Path]) -> Mirror
     s = dict(run["settings"], link=run.get("link", "copy"))
     s["target_categories"] = tuple(s["target_categories"])
     if s.get("region_description") is not None:  # re-derive: a changed face-box file must show up as a difference
-        from avanon.pipeline import region_identity
         from avanon.regions import build_region_selector
 
         now = region_identity(build_region_selector(s["region"], s["region_params"], s["filters"],

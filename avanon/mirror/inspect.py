@@ -66,7 +66,7 @@ class DatasetStats:
 
 def collect_stats(adapter, selector, name: str, keypoint_provider=None) -> DatasetStats:
     """One pass over the split. `selector` is a body region selector with the recipe's filters; with a
-    `keypoint_provider` (avanon.keypoints) its keypoints are applied before selection and counted too."""
+    `keypoint_provider` (avanon.regions.keypoints) its keypoints are applied before selection and counted too."""
     stats = DatasetStats(dataset=name, split=adapter.split)
     if keypoint_provider is not None:
         stats.keypoint_provider = keypoint_provider.name
@@ -118,7 +118,7 @@ def _apply_keypoints(adapter, record, provider, stats: DatasetStats):
         return record
     image = None
     if provider.needs_image:
-        from avanon.imageio import ImageReadError, read_image
+        from avanon.mirror.imageio import ImageReadError, read_image
 
         try:
             image = read_image(adapter.root / record.file_name, (record.width, record.height)).pixels

@@ -174,7 +174,7 @@ def _changed_box(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
 def make_grid(mirror_paths: Sequence[str | Path], n: int = 8, seed: int = 0, cell: tuple[int, int] = DEFAULT_CELL,
               pad: float = 0.5, source: Optional[str] = None) -> tuple[np.ndarray, list[str]]:
     """The RGB grid and the files shown (in row order)."""
-    from avanon.imageio import ImageReadError, read_image
+    from avanon.mirror.imageio import ImageReadError, read_image
 
     if not mirror_paths:
         raise ShowError("no mirror given")

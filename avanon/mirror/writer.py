@@ -12,71 +12,29 @@ from __future__ import annotations
 import errno
 import json
 import os
-import platform
 import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Optional
 
 from dataset_adapters.base import (
     DatasetAdapter, DatasetError, ImageRecord, check_relative, innermost_adapter, resolve_inside,
 )
-from avanon.imageio import (
+from avanon.mirror.manifest import (
+    RUN_FILE, MirrorError, _repair_tail, compact_manifest, manifest_name, read_manifest,
+)
+from avanon.mirror.plan import MirrorJob, image_seed, package_versions
+from avanon.mirror.imageio import (
     IMAGE_SUFFIXES, ImageReadError, atomic_copy, atomic_write_bytes, encode_image, header_frame, read_image,
     sha256_bytes, sha256_file,
 )
-from avanon.recipe import config_hash
+from avanon.schema import config_hash
 
-MANIFEST = "manifest.jsonl"
-RUN_FILE = "run.json"
 FATAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 # Temp files of atomic writes: `.NAME.tmp-PID` (see imageio); a killed run leaves them behind.
 TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
-VERSIONED_PACKAGES = ("avanon", "torch", "torchvision", "numpy", "opencv-python-headless", "pillow",
-                      "scikit-image", "pycocotools", "cityscapesscripts", "joblib")
-
-
-class MirrorError(Exception):
-    """The mirror cannot be written (unsafe output path, settings that differ from an existing mirror, full disk)."""
-
-
-@dataclass(frozen=True)
-class MirrorJob:
-    """Everything a worker needs to anonymize one image; also the identity of the mirror's settings."""
-
-    source_root: str
-    out_dir: str
-    region: str
-    region_params: dict
-    filters: dict
-    target_categories: tuple
-    method: str
-    method_params: dict
-    seed: int
-    exif_frame: str = "auto"
-    jpeg_quality: int = 100
-    png_compression: int = 3
-    # The selector's resolved description (defaults, derived constants, face-file hash): part of the mirror's
-    # identity so that, e.g., an edited face-box file is not mixed into an existing mirror.
-    region_description: Optional[dict] = None
-    link: str = "copy"  # how untouched files are reproduced; not part of the identity (same bytes either way)
-    keypoints_provider: str = "annotations"
-    keypoints_params: Optional[dict] = None
-    split: str = "train"
-
-    def settings(self) -> dict:
-        """What makes two runs produce the same mirror (paths excluded so a moved dataset still resumes)."""
-        d = asdict(self)
-        for key in ("out_dir", "source_root", "link"):
-            d.pop(key)
-        d["target_categories"] = list(self.target_categories)
-        return d
-
-    def settings_hash(self) -> str:
-        return config_hash(self.settings())
 
 
 @dataclass
@@ -117,21 +75,6 @@ class MirrorSummary:
         return d
 
 
-def package_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in VERSIONED_PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def image_seed(seed: int, file_name: str) -> int:
-    """Per-image seed from the run seed and the file name: independent of worker count and order."""
-    return int(config_hash([seed, file_name])[:8], 16)
-
-
 # ----------------------------------------------------------------------------------------------- worker side
 _WORKER_CACHE: dict = {}
 
@@ -147,7 +90,7 @@ def _tools(job: MirrorJob):
                                          job.target_categories)
         keypoints = None
         if job.keypoints_provider != "annotations":
-            from avanon.keypoints import build_keypoint_provider
+            from avanon.regions.keypoints import build_keypoint_provider
 
             keypoints = build_keypoint_provider(job.keypoints_provider, job.keypoints_params, Path(job.source_root),
                                                 split=job.split, target_categories=job.target_categories)
@@ -304,64 +247,6 @@ def _failed(line: dict, dst: Path, exc: Exception, write: bool) -> dict:
 def _run_in_worker(job: MirrorJob, record: ImageRecord, previous: Optional[dict]) -> dict:
     _limit_threads()
     return process_image(job, record, previous=previous)
-
-
-# ----------------------------------------------------------------------------------------------- manifest
-def manifest_name(shard: tuple[int, int]) -> str:
-    k, n = shard
-    return MANIFEST if n == 1 else f"manifest-{k}of{n}.jsonl"
-
-
-def read_manifest_lines(path: Path) -> list[dict]:
-    """All complete lines of a manifest; a torn last line (killed mid-write) is ignored."""
-    if not path.is_file():
-        return []
-    out = []
-    lines = path.read_text().splitlines()
-    for i, text in enumerate(lines):
-        if not text.strip():
-            continue
-        try:
-            out.append(json.loads(text))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise MirrorError(f"{path}: line {i + 1} is not valid JSON; the manifest is damaged")
-    return out
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, dict]:
-    """The latest line per file over the mirror's manifest and any shard manifests."""
-    out_dir = Path(out_dir)
-    latest: dict[str, dict] = {}
-    paths = [out_dir / MANIFEST] + sorted(p for p in out_dir.glob("manifest-*of*.jsonl"))
-    for path in paths:
-        for line in read_manifest_lines(path):
-            latest[line["file"]] = line
-    return latest
-
-
-def _repair_tail(path: Path) -> None:
-    """Drop a torn last line so appends start on a fresh line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    with open(path, "r+b") as f:
-        f.truncate(cut)
-
-
-def compact_manifest(out_dir: str | Path) -> Path:
-    """Rewrite manifest.jsonl as one line per file, sorted, merging shard manifests; removes shard files."""
-    out_dir = Path(out_dir)
-    latest = read_manifest(out_dir)
-    data = "".join(json.dumps(latest[k], sort_keys=True) + "\n" for k in sorted(latest))
-    atomic_write_bytes(out_dir / MANIFEST, data.encode())
-    for p in out_dir.glob("manifest-*of*.jsonl"):
-        p.unlink()
-    return out_dir / MANIFEST
 
 
 # ----------------------------------------------------------------------------------------------- writer
@@ -588,24 +473,6 @@ def _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, lin
             st = src.stat()
             os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
         summary.tree_files_copied += 1
-
-
-def merge_shards(out_dir: str | Path) -> tuple[Path, int, list[str]]:
-    """Merge the shard manifests of a mirror into manifest.jsonl. Returns (manifest, images, missing shards);
-    with missing shards nothing is merged, so the missing ones can still be run and merged afterwards."""
-    out_dir = Path(out_dir)
-    if not (out_dir / RUN_FILE).is_file():
-        raise MirrorError(f"{out_dir} is not an avanon mirror ({RUN_FILE} is missing); nothing to merge")
-    shards: dict[int, set[int]] = {}
-    for p in out_dir.glob("manifest-*of*.jsonl"):
-        m = re.fullmatch(r"manifest-(\d+)of(\d+)\.jsonl", p.name)
-        if m:
-            shards.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
-    missing = [f"{k}/{n}" for n, ks in sorted(shards.items()) for k in range(n) if k not in ks]
-    if missing:
-        return out_dir / MANIFEST, 0, missing
-    path = compact_manifest(out_dir)
-    return path, len(read_manifest(out_dir)), []
 
 
 class _NullFile:
