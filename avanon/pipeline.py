@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
 from dataset_adapters import build_adapter
+from avanon.cliutil import kv_list, parse_shard, positive_int
 from avanon.mirror.imageio import atomic_write_bytes
 from avanon.mirror import MirrorError, MirrorSummary, check_tools, make_jobs, write_mirror
+
+log = logging.getLogger("avanon.pipeline")
 
 
 def format_summary(name: str, s: MirrorSummary) -> str:
@@ -36,45 +40,119 @@ def format_summary(name: str, s: MirrorSummary) -> str:
     return "\n".join(lines)
 
 
-def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry_run: bool = False,
-               only: Optional[list[str]] = None, progress: bool = True, test_only: bool = False,
-               anonymize_only: bool = False) -> int:
-    """Write every mirror of the recipe; then, when it has a study section, train and evaluate on them."""
-    from avanon.study.config import study_enabled
-    from avanon.study.runner import run_study
-
+def write_mirrors(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry_run: bool = False,
+                  only: Optional[list[str]] = None, progress: bool = True) -> list[tuple[dict, object, MirrorSummary]]:
+    """Write (or plan) every mirror of the recipe: (entry, job, summary) per anonymize entry, summaries logged and
+    written beside each mirror."""
     ds = recipe["dataset"]
     adapter = build_adapter(ds["adapter"], ds["root"], ds["split"], **ds["options"])
     jobs = make_jobs(recipe, adapter, only)
-    if not jobs and not study_enabled(recipe):
-        print(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
-        return 0
     for entry, job in jobs:  # every mirror's method must be able to run before any of them starts
         try:
             check_tools(job)
         except MirrorError as exc:
             if not dry_run:
                 raise
-            print(f"{entry['name']}: WARNING: {exc}")
+            log.warning(f"{entry['name']}: {exc}")
     dataset_info = dict(ds, root=str(Path(ds["root"]).resolve()))
-    failed = 0
+    out = []
     for entry, job in jobs:
-        run_info = {"dataset": dataset_info, "recipe": {k: v for k, v in recipe.items() if k != "_source"},
-                    "recipe_file": recipe.get("_source"), "mirror": entry["name"],
+        run_info = {"dataset": dataset_info, "recipe": {k: v for k, v in recipe.items() if not k.startswith("_")},
+                    "recipe_file": recipe.get("_source"), "recipe_files": recipe.get("_sources"), "mirror": entry["name"],
                     "copy_unannotated": recipe["output"]["copy_unannotated"], "link": recipe["output"]["link"]}
         summary = write_mirror(adapter, job, workers=workers or recipe["workers"],
                                shard=shard, dry_run=dry_run, copy_unannotated=recipe["output"]["copy_unannotated"],
                                run_info=run_info, progress=progress)
-        print(format_summary(entry["name"], summary), flush=True)
-        failed += summary.failed + len(summary.tree_failures)
+        log.info(format_summary(entry["name"], summary))
         if not dry_run:
             name = "summary.json" if shard[1] == 1 else f"summary-{shard[0]}of{shard[1]}.json"
             atomic_write_bytes(Path(job.out_dir) / name,
                                (json.dumps(summary.to_dict(), indent=2, default=str) + "\n").encode())
+        out.append((entry, job, summary))
+    return out
+
+
+def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry_run: bool = False,
+               only: Optional[list[str]] = None, progress: bool = True, test_only: bool = False,
+               anonymize_only: bool = False) -> int:
+    """Write every mirror of the recipe; then, when it has a study section, train and evaluate on them. Returns the
+    command line's exit code: 0 done, 1 files failed (the study is not run on incomplete mirrors)."""
+    from avanon.study.config import study_enabled
+    from avanon.study.runner import run_study
+
+    if not recipe["anonymize"] and not study_enabled(recipe):
+        log.info(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
+        return 0
+    written = write_mirrors(recipe, workers=workers, shard=shard, dry_run=dry_run, only=only, progress=progress)
+    failed = sum(s.failed + len(s.tree_failures) for _, _, s in written)
     if failed:
-        print(f"{failed} files failed and are not in the mirrors (privacy first); the study is not run on "
-              "incomplete mirrors. Fix them (see the FAILED lines) and re-run the same command.")
+        log.info(f"{failed} files failed and are not in the mirrors (privacy first); the study is not run on "
+                 "incomplete mirrors. Fix them (see the FAILED lines) and re-run the same command.")
         return 1
     if study_enabled(recipe) and not anonymize_only and shard[1] == 1:
-        run_study(recipe, [(entry, Path(job.out_dir)) for entry, job in jobs], test_only=test_only, dry_run=dry_run)
+        run_study(recipe, [(entry, Path(job.out_dir)) for entry, job, _ in written], test_only=test_only,
+                  dry_run=dry_run)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def add_commands(sub) -> None:
+    """`avanon run RECIPE` and `avanon anonymize` (a one-entry recipe from flags)."""
+    def common_run(sp):
+        sp.add_argument("--workers", type=positive_int, help="parallel worker processes (default: recipe's workers)")
+        sp.add_argument("--shard", type=parse_shard, default=(0, 1), help="k/N: process every N-th image from k")
+        sp.add_argument("--dry-run", action="store_true", help="plan and count; write nothing")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="run a recipe: every mirror it names, then its study")
+    r.add_argument("recipe", help="recipe YAML file")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    r.add_argument("--only", action="append", help="only the anonymize entries with these names")
+    r.add_argument("--anonymize-only", action="store_true", help="write the mirrors, skip the study")
+    r.add_argument("--test-only", action="store_true", help="study: re-evaluate trained models, train nothing")
+    common_run(r)
+    r.set_defaults(func=cmd_run)
+
+    a = sub.add_parser("anonymize", help="write one anonymized mirror of a dataset split")
+    a.add_argument("--dataset", required=True, help="adapter: coco, cityscapes, bdd100k, synthetic")
+    a.add_argument("--root", required=True, help="dataset root")
+    a.add_argument("--split", default="train")
+    a.add_argument("--option", action="append", metavar="KEY=VALUE", help="dataset adapter option")
+    a.add_argument("--region", required=True, choices=["body", "face"])
+    a.add_argument("--region-param", action="append", metavar="KEY=VALUE",
+                   help="region parameter, e.g. min_size=32, provider=file, file=face_boxes_train.json")
+    a.add_argument("--filter", action="append", metavar="KEY=VALUE", help="filter, e.g. require_keypoints=true")
+    a.add_argument("--method", required=True, help="blur, mask_out, pixelate, realistic")
+    a.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter, e.g. fill=0")
+    a.add_argument("--name", help="mirror directory name (default REGION_TAG, e.g. body_mask_out)")
+    a.add_argument("--out", required=True, help="output root; the mirror goes to OUT/DATASET/NAME")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--link", choices=["copy", "hardlink"], default="copy")
+    a.add_argument("--exif-frame", choices=["auto", "oriented", "raw"], default="auto")
+    common_run(a)
+    a.set_defaults(func=cmd_anonymize)
+
+
+def cmd_run(args) -> int:
+    from avanon.recipe import load_recipe
+    recipe = load_recipe(args.recipe, args.set)
+    return run_recipe(recipe, workers=args.workers, shard=args.shard, dry_run=args.dry_run, only=args.only,
+                      progress=not args.no_progress, test_only=args.test_only, anonymize_only=args.anonymize_only)
+
+
+def cmd_anonymize(args) -> int:
+    from avanon.recipe import validate
+    raw = {
+        "name": f"anonymize-{args.dataset}-{args.region}-{args.method}",
+        "seed": args.seed,
+        "dataset": {"adapter": args.dataset, "root": args.root, "split": args.split,
+                    "options": kv_list(args.option, "--option")},
+        "regions": {args.region: kv_list(args.region_param, "--region-param")},
+        "filters": kv_list(args.filter, "--filter"),
+        "anonymize": [{"region": args.region, "method": args.method, "params": kv_list(args.param, "--param"),
+                       **({"name": args.name} if args.name else {})}],
+        "output": {"root": args.out, "link": args.link, "exif_frame": args.exif_frame},
+    }
+    recipe = validate(raw, "command line")
+    return run_recipe(recipe, workers=args.workers, shard=args.shard, dry_run=args.dry_run, only=None,
+                      progress=not args.no_progress)

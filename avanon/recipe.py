@@ -1,8 +1,26 @@
 """Recipes: YAML files that say what to anonymize and how. A recipe is data, validated at load time.
 
 Errors name the file and the dotted key. `${VAR}` in a string is replaced by the environment variable VAR
-(`${VAR:-default}` gives a default), so dataset roots can come from the environment. `--set a.b=value`
-overrides are parsed as YAML values and applied before validation.
+(`${VAR:-default}` gives a default), so dataset roots can come from the environment.
+
+Inheritance: `base: other.yaml` (a path relative to the recipe's own file, or absolute) makes the recipe a set of
+changes to another recipe, which may itself have a base (a cycle is refused, naming the files). Merge rule, the
+child over its base:
+
+* a mapping merges key by key, recursively (`regions: {body: {min_size: 32}}` changes that one value and keeps
+  the base's other `regions.body` keys);
+* anything else replaces the base's value whole: a list (`anonymize:`, `study.seeds`), a scalar, a mapping over a
+  non-mapping;
+* `null` replaces too, it deletes nothing. For a key of the recipe schema, null means "the default", as in any
+  recipe, so `study: null` drops the base's study and `study.paper_table: null` its table; inside a free-form
+  mapping (`regions.*`, `filters`, `params`, `study.config`) the null stays as written for that section to read
+  (`study.config.model.init: null` is "train from scratch").
+
+`--set a.b=value` overrides (values parsed as YAML) apply after the merge. The merged and overridden mapping is
+what is validated (defaults filled, `${VAR}` expanded); the mirrors' settings hash and the recorded recipe come
+from that result, so a recipe resolves to the same thing whether it is written out in full or inherits.
+Validation errors of an inheriting recipe name the file and its bases. `load_recipe` adds two bookkeeping keys,
+which no hash covers: `_source` (the file given) and `_sources` (that file and its bases, nearest first).
 """
 from __future__ import annotations
 
@@ -28,35 +46,36 @@ EXIF_FRAMES = ("auto", "oriented", "raw")
 
 # The recipe's sections; the stages' own sections (the study) are added from SECTIONS below.
 SCHEMA: dict[str, Any] = {
-    "name": Field(is_str, required=True),
-    "description": Field(is_str, default=""),
-    "seed": Field(int_range(0), default=0),
-    "workers": Field(int_range(1), default=1),
+    "name": Field(is_str, required=True, doc="the recipe's name; the study lives in OUTPUT_ROOT/ADAPTER/study/NAME"),
+    "description": Field(is_str, default="", doc="free text"),
+    "seed": Field(int_range(0), default=0, doc="per-image seeds derive from it and the file name"),
+    "workers": Field(int_range(1), default=1, doc="parallel processes, one image each"),
     "dataset": {
-        "adapter": Field(is_str, required=True),
-        "root": Field(is_str, required=True),
-        "split": Field(is_str, default="train"),
-        "options": Field(is_dict, default={}),
+        "adapter": Field(is_str, required=True, doc="dataset format"),
+        "root": Field(is_str, required=True, doc="dataset root; nothing outside it is read"),
+        "split": Field(is_str, default="train", doc="the split that is anonymized (the other files are copied)"),
+        "options": Field(is_dict, default={}, doc="adapter options"),
     },
     "regions": {
-        "body": Field(is_dict, default={}),
-        "face": Field(is_dict, default={}),
+        "body": Field(is_dict, default={}, doc="full-body regions"),
+        "face": Field(is_dict, default={}, doc="face regions"),
     },
-    "filters": Field(is_dict, default={}),
+    "filters": Field(is_dict, default={}, doc="which instances are anonymized"),
     # Keypoints for the keypoint-guided body generator: annotations (COCO) | file (the reference's
     # annotated_keypoints JSON) | estimator (top-down pose model on each mask box).
     "keypoints": {
-        "provider": Field(is_str, default="annotations"),
-        "params": Field(is_dict, default={}),
+        "provider": Field(is_str, default="annotations", doc="where COCO-order keypoints come from"),
+        "params": Field(is_dict, default={}, doc="the provider's parameters"),
     },
-    "anonymize": Field(is_list, default=[]),
+    "anonymize": Field(is_list, default=[], doc="one mirror per entry"),
     "output": {
-        "root": Field(is_str, default="out"),
-        "link": Field(one_of(*LINK_MODES), default="copy"),
-        "exif_frame": Field(one_of(*EXIF_FRAMES), default="auto"),
-        "jpeg_quality": Field(int_range(1, 100), default=100),
-        "png_compression": Field(int_range(0, 9), default=3),
-        "copy_unannotated": Field(is_type(bool, "true or false"), default=False),
+        "root": Field(is_str, default="out", doc="mirrors go to ROOT/ADAPTER/NAME"),
+        "link": Field(one_of(*LINK_MODES), default="copy", doc="hard-link untouched images instead of copying"),
+        "exif_frame": Field(one_of(*EXIF_FRAMES), default="auto", doc="the frame annotations refer to"),
+        "jpeg_quality": Field(int_range(1, 100), default=100, doc="JPEG quality of anonymized images"),
+        "png_compression": Field(int_range(0, 9), default=3, doc="PNG compression level"),
+        "copy_unannotated": Field(is_type(bool, "true or false"), default=False,
+                                  doc="copy images of the split that have no annotation"),
     },
 }
 
@@ -166,6 +185,9 @@ def apply_overrides(data: dict, overrides: list[str], src: str) -> dict:
 
 def validate(data: dict, src: str = "<recipe>") -> dict:
     """Validate a raw recipe mapping and return it resolved (defaults filled, env vars expanded)."""
+    if isinstance(data, dict) and "base" in data:
+        raise RecipeError(f"{src}: base: a base recipe is merged when a recipe file is loaded (load_recipe); "
+                          "it cannot be set here or with --set")
     data = _expand_env(data, "", src)
     resolved = validate_section(data, SCHEMA, "", src)
     _validate_dataset(resolved["dataset"], src)
@@ -175,11 +197,7 @@ def validate(data: dict, src: str = "<recipe>") -> dict:
     return resolved
 
 
-def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict:
-    path = Path(path)
-    src = str(path)
-    if not path.is_file():
-        raise RecipeError(f"{src}: recipe file not found")
+def _read_mapping(path: Path, src: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -188,7 +206,61 @@ def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict
         raise RecipeError(f"{src}: recipe is empty")
     if not isinstance(data, dict):
         raise RecipeError(f"{src}: recipe must be a mapping at the top level")
+    return data
+
+
+def merge_recipe(base: dict, child: dict) -> dict:
+    """`child` over `base` (the module's merge rule): mappings merge recursively, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_recipe(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe(path: str | Path) -> tuple[dict, list[str]]:
+    """The raw recipe mapping of a file with its bases merged in (no overrides, not validated), and the files it
+    was built from: the file itself, then its bases, nearest first."""
+    path = Path(path)
+    src = str(path)
+    if not path.is_file():
+        raise RecipeError(f"{src}: recipe file not found")
+    chain: list[tuple[Path, str, dict]] = []
+    seen: dict[Path, str] = {}
+    while True:
+        seen[path.resolve()] = src
+        data = _read_mapping(path, src)
+        chain.append((path, src, data))
+        if "base" not in data:
+            break
+        base = data.pop("base")
+        if not isinstance(base, str) or not base.strip():
+            raise RecipeError(f"{src}: base: must be the path of another recipe (relative to this file), "
+                              f"got {base!r}")
+        nxt = Path(os.path.expanduser(base))
+        nxt = nxt if nxt.is_absolute() else path.parent / nxt
+        nsrc = os.path.normpath(str(nxt))
+        if not nxt.is_file():
+            raise RecipeError(f"{src}: base: {nsrc} not found")
+        if nxt.resolve() in seen:
+            names = [s for _, s, _ in chain] + [seen[nxt.resolve()]]
+            raise RecipeError(f"{src}: base: {nsrc} makes a cycle: {' -> '.join(names)}")
+        path, src = nxt, nsrc
+    merged: dict = {}
+    for _, _, data in reversed(chain):
+        merged = merge_recipe(merged, data)
+    return merged, [s for _, s, _ in chain]
+
+
+def load_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict:
+    """Read a recipe file (its `base:` chain merged), apply `--set` overrides, validate; the resolved recipe with
+    `_source` (the file) and `_sources` (the file and its bases)."""
+    src = str(path)
+    data, sources = read_recipe(path)
     data = apply_overrides(data, overrides or [], src)
-    resolved = validate(data, src)
+    resolved = validate(data, src if len(sources) == 1 else f"{src} (base: {', '.join(sources[1:])})")
     resolved["_source"] = src
+    resolved["_sources"] = sources
     return resolved

@@ -14,8 +14,20 @@ class RecipeError(Exception):
 
 
 class Field:
-    def __init__(self, check: Callable[[Any], Optional[str]], default: Any = None, required: bool = False):
+    """One recipe key: `check(value)` returns a problem or None; `default` fills an absent (or null) key.
+
+    `schema` (a JSON Schema fragment for the value) and `doc` (one line) only describe the key for editors
+    (`avanon recipe schema`); validation is `check`. Without `schema`, the check's own `schema` attribute is used
+    (the checks below set one)."""
+
+    def __init__(self, check: Callable[[Any], Optional[str]], default: Any = None, required: bool = False,
+                 schema: Optional[dict] = None, doc: str = ""):
         self.check, self.default, self.required = check, default, required
+        self.schema = schema if schema is not None else getattr(check, "schema", None)
+        self.doc = doc
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}
 
 
 def is_type(types, what):
@@ -25,12 +37,16 @@ def is_type(types, what):
         # bool is an int in Python; only accept it where a bool is asked for
         ok = isinstance(v, types) and (bool in types or not isinstance(v, bool))
         return None if ok else f"must be {what}, got {v!r}"
+    names = [_JSON_TYPES[t] for t in types if t in _JSON_TYPES]
+    if names:
+        check.schema = {"type": names[0] if len(names) == 1 else names}
     return check
 
 
 def one_of(*choices):
     def check(v):
         return None if v in choices else f"must be one of {', '.join(map(str, choices))}; got {v!r}"
+    check.schema = {"enum": list(choices)}
     return check
 
 
@@ -41,6 +57,7 @@ def int_range(lo, hi=None):
         if v < lo or (hi is not None and v > hi):
             return f"must be in [{lo}, {hi if hi is not None else '∞'}], got {v}"
         return None
+    check.schema = {"type": "integer", "minimum": lo, **({"maximum": hi} if hi is not None else {})}
     return check
 
 

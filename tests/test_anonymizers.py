@@ -1,5 +1,5 @@
 """Traditional anonymizers: contract (never write outside the regions, determinism, recursive order), params,
-tags, and fidelity to the reference pipeline written naively with torchvision (deepprivacy2.md §2, §3.1)."""
+tags, and fidelity to the reference pipeline written naively with torchvision (docs/reference.md §2, §3.1)."""
 import cv2
 import numpy as np
 import pytest

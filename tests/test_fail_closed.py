@@ -486,7 +486,7 @@ def test_kill_during_a_write_leaves_no_trace_after_resume(tmp_path, dirs):
             "blur", "--out", str(out), "--no-progress"]
     killer = (
         "import os, signal, sys\n"
-        "from avanon import imageio\n"
+        "from avanon.mirror import imageio\n"
         "real, n = os.replace, [0]\n"
         "def replace(a, b):\n"
         "    if str(b).endswith('.png'):\n"

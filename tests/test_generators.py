@@ -1,7 +1,7 @@
 """DeepPrivacy2-compatible generators: exact parameter counts, checkpoint key layout and strict loading (including
 the reference's TriA-GAN to_rgb mapping and both w_centers formats), forward contract (composite keeps known pixels
 exactly, eval determinism given w, w changes the output), latent API and the keypoint encodings
-(deepprivacy2.md §3.3, §3.4, §5)."""
+(docs/reference.md §3.3, §3.4, §5)."""
 import argparse
 
 import numpy as np

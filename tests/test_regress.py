@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from avanon.study.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, main, read_baseline,
+from avanon.study.cli import regress_main as main
+from avanon.study.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, read_baseline,
                             write_baseline)
 
 SEG = ("AP", "AP_person")

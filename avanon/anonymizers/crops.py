@@ -1,5 +1,5 @@
 """Crop geometry of the DeepPrivacy2 reference: cut with zero padding, resize to the generator's resolution, resize
-back, paste inside the region's mask (deepprivacy2.md §3.1-3.2).
+back, paste inside the region's mask (docs/reference.md §3.1-3.2).
 
 Everything here works on one instance's crop, never on the whole image, so that anonymizing an image costs little
 more than decoding and encoding it. Images are HxWx3 uint8 RGB numpy arrays; crop-space arithmetic is float32 in

@@ -1,4 +1,4 @@
-"""Histogram matching of generated persons to the original crop (deepprivacy2.md §4).
+"""Histogram matching of generated persons to the original crop (docs/reference.md §4).
 
 HM (``HistogramMatchAnonymizer``, §4.1)
     The generated crop, rounded to bytes, is matched to the real crop (the full resized crop, original person

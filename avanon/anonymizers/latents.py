@@ -1,4 +1,4 @@
-"""Latent sampling for the realistic anonymizers (deepprivacy2.md §5); the k-means centres of multi-modal truncation
+"""Latent sampling for the realistic anonymizers (docs/reference.md §5); the k-means centres of multi-modal truncation
 (§5.1) are computed and stored by avanon.generators.weights.centres.
 
 Modes (all give w of shape [1, w_dim] per instance):

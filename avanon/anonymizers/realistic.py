@@ -1,4 +1,4 @@
-"""Realistic anonymization: inpainting with DeepPrivacy2's pretrained generators (deepprivacy2.md §3-§5).
+"""Realistic anonymization: inpainting with DeepPrivacy2's pretrained generators (docs/reference.md §3-§5).
 
     build_anonymizer("realistic", {"histogram": "hm"}).anonymize(image, regions, seed)
 

@@ -1,4 +1,4 @@
-"""Traditional anonymizers: mask-out, Gaussian blur, pixelation (deepprivacy2.md §2: the reference's dummy
+"""Traditional anonymizers: mask-out, Gaussian blur, pixelation (docs/reference.md §2: the reference's dummy
 generators, run through the same crop geometry as its GANs)."""
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class CropSpaceAnonymizer(Anonymizer):
 @ANONYMIZERS.register("mask_out")
 class MaskOut(Anonymizer):
     """I·(1−M) + fill·M on image_mask, exactly (no crop resampling, so no blending at the mask's edge).
-    fill 127 per SPEC; the reference's grey is 0 in [-1, 1] space, i.e. 128 after its rounding."""
+    fill 127 by default (mid-grey); the reference's grey is 0 in [-1, 1] space, i.e. 128 after its rounding."""
 
     name = "mask_out"
     defaults = {"fill": 127}

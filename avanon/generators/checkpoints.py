@@ -1,6 +1,6 @@
 """Build the four DeepPrivacy2 generators and load their official ``EMA_generator`` checkpoints.
 
-Names (see deepprivacy2.md section 3.3):
+Names (see docs/reference.md §3.3):
 
 =================  ==========================================================  ==============
 name               reference config                                            parameters
@@ -88,7 +88,7 @@ EXPECTED_PARAM_COUNTS = {
     "body_triagan288": 124_212_639,
 }
 
-# Official checkpoints (deepprivacy2.md section 3.3). ``filename`` is what tops.download_file stores under
+# Official checkpoints (docs/reference.md §3.3). ``filename`` is what tops.download_file stores under
 # $TORCH_HOME/hub/checkpoints/ (basename of the URL path). The nocse URL is dead (issue #33).
 CHECKPOINTS = {
     "face_fdf128": dict(

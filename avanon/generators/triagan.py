@@ -355,7 +355,7 @@ class TriaGAN(torch.nn.Module):
     * ``keypoints`` N x 17 x 3, crop-relative x, y in [0, 1] and visibility (> 0 = visible; the one-hot map
       uses ``round(v)``). Missing keypoints -> all invisible.
     * ``joint_map`` N x 1 x H x W integers 0..6; built from ``keypoints`` with :func:`joint_map` when None
-      (the reference requires it, see deepprivacy2.md section 9 item 2).
+      (the reference requires it, see docs/reference.md §9 item 2).
     * Output ``img`` = ``mask * img + (1 - mask) * generated`` (falls back to condition if img is None).
     """
 

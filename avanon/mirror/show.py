@@ -11,7 +11,6 @@ width = M + (1 + mirrors) * (w + M), height = M + H + rows * (C + h + M).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,35 +224,3 @@ def write_grid(canvas: np.ndarray, out: str | Path) -> Path:
     if not cv2.imwrite(str(out), np.ascontiguousarray(canvas[..., ::-1])):
         raise ShowError(f"cannot write {out}")
     return out
-
-
-def add_show_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("mirrors", nargs="+", metavar="MIRROR", help="mirror directories (holding run.json); one column "
-                   "each")
-    p.add_argument("--n", type=int, default=8, help="number of images (rows), default 8")
-    p.add_argument("--seed", type=int, default=0, help="which random images, default 0")
-    p.add_argument("--out", help="PNG path (default show_<first mirror name>.png)")
-    p.add_argument("--cell", type=int, nargs=2, metavar=("H", "W"), default=list(DEFAULT_CELL),
-                   help=f"panel size, default {DEFAULT_CELL[0]} {DEFAULT_CELL[1]}")
-    p.add_argument("--pad", type=float, default=0.5, help="context around the people, fraction of their box")
-    p.add_argument("--source", help="source dataset root, if it moved since the mirrors were made")
-    return p
-
-
-def cmd_show(args) -> int:
-    """0 written; 2 bad input."""
-    import sys
-
-    from dataset_adapters import DatasetError
-
-    if args.n < 1 or min(args.cell) < 16:
-        print("avanon: error: --n must be >= 1 and --cell at least 16 16", file=sys.stderr)
-        return 2
-    try:
-        canvas, files = make_grid(args.mirrors, args.n, args.seed, tuple(args.cell), args.pad, args.source)
-        out = write_grid(canvas, args.out or f"show_{Path(args.mirrors[0]).resolve().name}.png")
-    except (ShowError, DatasetError) as exc:
-        print(f"avanon: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{out}: {len(files)} images x {1 + len(args.mirrors)} columns ({canvas.shape[1]}x{canvas.shape[0]} px)")
-    return 0

@@ -1,4 +1,4 @@
-"""Full-body regions: the reference's PersonDetection pre-processing (deepprivacy2.md §3.2, §1.5-1.6).
+"""Full-body regions: the reference's PersonDetection pre-processing (docs/reference.md §3.2, §1.5-1.6).
 
 tight mask box -> expanded box (+10 %, aspect 288:160, >= 30 % background) -> min-size filter on the expanded box
 -> mask cut with zero padding, NEAREST-resized to 288x160, dilated with disk(4) there, dilation in the padding

@@ -2,7 +2,7 @@
 
 Providers, registered in FACE_PROVIDERS under the names recipes use:
 
-* ``file``: the reference's precomputed DSFD boxes (deepprivacy2.md §1.4), so the paper can be reproduced exactly.
+* ``file``: the reference's precomputed DSFD boxes (docs/reference.md §1.4), so the paper can be reproduced exactly.
   Cityscapes ``{image basename: [[x0,y0,x1,y1,score], ...]}``, BDD100K ``{image id: [[x0,y0,x1,y1], ...]}`` (both
   already matched once; we match them again to our filtered persons), COCO
   ``{image id: {"boxes": [...], "keypoint_indices": [...]}}`` (already matched: keypoint_indices index the image's
@@ -314,8 +314,8 @@ def load_mtcnn(device: str = "cpu", min_face_size: int = 20):
         except ImportError as exc:
             raise RegionConfigError(
                 f"region.face.detector: 'mtcnn' needs the optional package facenet-pytorch ({exc}); install it "
-                f"with: {MTCNN_PIP} (it pins old torch/numpy, hence --no-deps; add 'pip install requests tqdm' "
-                f"if they are missing)") from None
+                f"with: {MTCNN_PIP} (it pins old torch/numpy, hence --no-deps; what it imports besides comes with the "
+                f"'detector' extra: pip install -e '.[detector]')") from None
         _MTCNN_CACHE[key] = MTCNN(keep_all=True, device=device, min_face_size=int(min_face_size))
     return _MTCNN_CACHE[key]
 

@@ -2,7 +2,7 @@
 
 Why exact: the paper's numbers were made with these crops. Crop size and position decide the blur strength in crop
 space, what the generator sees and which instances pass the min-size filter, so an off-by-one here changes results.
-Facts followed (deepprivacy2.md §3.2 and dp2/detection/box_utils*.py, utils.py, structures.py), paraphrased:
+Facts followed (docs/reference.md §3.2 and dp2/detection/box_utils*.py, utils.py, structures.py), paraphrased:
 
 * boxes are (x0, y0, x1, y1) with exclusive ends; image shapes are (H, W);
 * `expand_axis` grows a segment symmetrically with floor((target - cur) / 2) per side, puts a missing pixel at the

@@ -49,7 +49,7 @@ class RegionSelector(abc.ABC):
 
 
 class BodySelector(RegionSelector):
-    """Dilated full-body masks (deepprivacy2.md §3.2)."""
+    """Dilated full-body masks (docs/reference.md §3.2)."""
 
     kind = "body"
 
@@ -74,7 +74,7 @@ class BodySelector(RegionSelector):
 
 
 class FaceSelector(RegionSelector):
-    """One face box per person, FDF128 crops (deepprivacy2.md §1.4, §3.2)."""
+    """One face box per person, FDF128 crops (docs/reference.md §1.4, §3.2)."""
 
     kind = "face"
 

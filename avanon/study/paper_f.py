@@ -1,7 +1,7 @@
 """Paper F's published numbers (Hukkelås & Lindseth, CVPRW 2023, Tables 1-4), in avanon's names.
 
-The numbers ship as package data, ``avanon/study/data/paper_f_tables.csv`` (a copy of
-``shared/reference/paper_f_tables.csv``), one row per cell::
+The numbers ship as package data, ``avanon/study/data/paper_f_tables.csv`` (transcribed from the paper's tables),
+one row per cell::
 
     table,dataset,task,model,region,method,metric,mean,stderr,delta
 

@@ -42,11 +42,9 @@ Exit status of the command: 0 every row passes, 1 any row fails, 2 bad input.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +52,7 @@ from typing import Optional, Union
 
 import pandas as pd
 
-from avanon.study.report import KEY, ReportWarning, ResultsError, load_results, results_path, summarize
+from avanon.study.report import KEY, ReportWarning, load_results, results_path, summarize
 
 BASELINE_FORMAT = "avanon-regress-baseline"
 BASELINE_VERSION = 1
@@ -320,55 +318,3 @@ def compare(results, baseline, k: float = DEFAULT_K, floor: float = DEFAULT_FLOO
     src = "" if isinstance(results, pd.DataFrame) else str(results)
     return RegressReport(table=table, k=float(k), floor=float(floor), results=src,
                          baseline="" if isinstance(baseline, dict) else str(baseline), warnings=notes)
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-
-def add_regress_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("results", help="run directory holding results.jsonl, or the .jsonl file")
-    p.add_argument("--baseline", required=True, help="baseline JSON (from --write-baseline)")
-    p.add_argument("--tolerance-floor", type=float, default=DEFAULT_FLOOR,
-                   help=f"smallest tolerance on a Δ, in AP points (default {DEFAULT_FLOOR}: 2-seed CPU demo noise)")
-    p.add_argument("--k", type=float, default=DEFAULT_K,
-                   help=f"tolerance in standard errors of the Δ difference (default {DEFAULT_K:g})")
-    p.add_argument("--write-baseline", action="store_true",
-                   help="write the baseline FILE from RESULTS instead of comparing (exit 0)")
-    p.add_argument("--json", help="also write the comparison as JSON here")
-    return p
-
-
-def cmd_regress(args) -> int:
-    """Run `avanon regress`: 0 pass (or baseline written), 1 a regression, 2 bad input."""
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ReportWarning)
-            if args.write_baseline:
-                path = write_baseline(args.results, args.baseline)
-                report = None
-            else:
-                report = compare(args.results, args.baseline, k=args.k, floor=args.tolerance_floor)
-    except (ResultsError, BaselineError, ValueError) as e:
-        print(f"avanon regress: {e}", file=sys.stderr)
-        return 2
-    for w in caught:
-        if issubclass(w.category, ReportWarning):
-            print(f"avanon regress: warning: {w.message}", file=sys.stderr)
-    if report is None:
-        n = len(read_baseline(path)["rows"])
-        print(f"avanon regress: wrote baseline {path} ({n} rows)")
-        return 0
-    print(report.format())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n",
-                                   encoding="utf-8")
-    return report.exit_code
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = add_regress_arguments(argparse.ArgumentParser(prog="avanon regress",
-                                                      description=__doc__.splitlines()[0]))
-    return cmd_regress(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

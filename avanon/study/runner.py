@@ -12,12 +12,15 @@ from its checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Optional
 
 from avanon.mirror.imageio import atomic_write_bytes
-from avanon.study.config import RESULTS, resolved_study, run_config, study_dir, study_enabled
+from avanon.study.config import RESULTS, resolved_study, run_config, study_dir
+
+log = logging.getLogger("avanon.study")
 
 
 def _runs(recipe: dict, mirrors: list[tuple[dict, Path]]) -> list[tuple[str, str, str, str, Optional[Path]]]:
@@ -74,8 +77,10 @@ def result_metrics(evaluation: Optional[dict]) -> dict:
 
 
 def run_study(recipe: dict, mirrors: list[tuple[dict, Path]], *, test_only: bool = False, dry_run: bool = False,
-              progress_print=print) -> Path:
-    """Train and evaluate every (mirror, seed); append results.jsonl; write the report. Returns the study dir."""
+              progress_print=None) -> Path:
+    """Train and evaluate every (mirror, seed); append results.jsonl; write the report. Returns the study dir.
+    progress_print: where the per-run lines go (default: the "avanon.study" logger)."""
+    progress_print = progress_print or log.info
     from avanon.study.training.config import CHECKPOINT
     from avanon.study.training.trainers import TRAINERS
 
@@ -118,6 +123,6 @@ def run_study(recipe: dict, mirrors: list[tuple[dict, Path]], *, test_only: bool
 
         paths = write_report(sdir, metrics=study["metrics"] or None, paper_table=study["paper_table"])
         progress_print(f"report: {paths.get('markdown')}")
-        atomic_write_bytes(sdir / "recipe.json", (json.dumps({k: v for k, v in recipe.items() if k != "_source"},
+        atomic_write_bytes(sdir / "recipe.json", (json.dumps({k: v for k, v in recipe.items() if not k.startswith("_")},
                                                              indent=2, default=str) + "\n").encode())
     return sdir

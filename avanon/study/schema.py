@@ -7,19 +7,28 @@ from pathlib import Path
 from avanon.schema import Field, RecipeError, is_dict, is_list, is_str, is_type, one_of, validate_section
 from avanon.study.config import TASKS, run_config
 
+_STRINGS = {"type": "array", "items": {"type": "string"}}
 STUDY_SCHEMA = {
-    "trainer": Field(is_str, default="torchvision"),
-    "task": Field(one_of(*TASKS), default="instance_segmentation"),
-    "model": Field(is_str, default="mask_rcnn_r50_fpn"),  # the name in the report (Paper F's model column)
-    "seeds": Field(is_list, default=[0, 1, 2]),
-    "original": Field(is_type(bool, "true or false"), default=True),  # also train on the original images
-    "variant": Field(is_str, default=""),  # e.g. other_classes, minsize32 (report grouping)
-    "paper_table": Field(lambda v: None if v in (1, 2, 3, 4) else f"must be 1, 2, 3 or 4, got {v!r}", default=None),
-    "metrics": Field(is_list, default=[]),  # report columns; empty: every metric the runs have
-    "val_split": Field(is_str, default="val"),
-    "depths": Field(is_list, default=[]),  # ResNet depth ablation (Paper F Fig. 8): one run per depth; empty: config's
-    "mirrors": Field(is_list, default=[]),  # names of the anonymize entries to train on; empty: all of them
-    "config": Field(is_dict, default={}),  # avanon.study.training.engine config (model, solver, data options...)
+    "trainer": Field(is_str, default="torchvision", doc="training backend: torchvision or mmdet"),
+    "task": Field(one_of(*TASKS), default="instance_segmentation", doc="Mask R-CNN or Keypoint R-CNN"),
+    "model": Field(is_str, default="mask_rcnn_r50_fpn", doc="the model's name in results and reports"),
+    "seeds": Field(is_list, default=[0, 1, 2], doc="one run per seed (distinct integers >= 0)",
+                   schema={"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                           "uniqueItems": True}),
+    "original": Field(is_type(bool, "true or false"), default=True,
+                      doc="also train on the original images"),
+    "variant": Field(is_str, default="",
+                     doc="label joined to each entry's variant (e.g. other_classes)"),
+    "paper_table": Field(lambda v: None if v in (1, 2, 3, 4) else f"must be 1, 2, 3 or 4, got {v!r}", default=None,
+                         schema={"enum": [1, 2, 3, 4]}, doc="Paper F table to print beside the results"),
+    "metrics": Field(is_list, default=[], schema=_STRINGS,
+                     doc="report columns, e.g. [AP, AP50, AP_person]; empty: all"),
+    "val_split": Field(is_str, default="val", doc="evaluation split of the original dataset"),
+    "depths": Field(is_list, default=[], schema={"type": "array", "items": {"type": "integer"}},
+                    doc="ResNet depths, one run per depth (Paper F Fig. 8); empty: the config's"),
+    "mirrors": Field(is_list, default=[], schema=_STRINGS, doc="names of the anonymize entries to train on; empty: all"),
+    "config": Field(is_dict, default={}, doc="the avanon.study.training.engine config (model, solver, data...), "
+                    "merged over its defaults"),
 }
 
 
@@ -50,6 +59,7 @@ def validate_study(recipe: dict, src: str) -> None:
 
 
 # The recipe's `study:` entry: absent (None) means anonymize only.
-STUDY_FIELD = Field(lambda v: None if isinstance(v, dict) else "must be a mapping", default=None)
+STUDY_FIELD = Field(lambda v: None if isinstance(v, dict) else "must be a mapping", default=None,
+                    schema={"type": "object"}, doc="train and evaluate on the mirrors; absent: anonymize only")
 
 

@@ -1,4 +1,4 @@
-"""The k-means centres of w for multi-modal truncation (deepprivacy2.md §5.1): computed, saved as a sidecar file
+"""The k-means centres of w for multi-modal truncation (docs/reference.md §5.1): computed, saved as a sidecar file
 next to the cache, loaded by the realistic anonymizer.
 
 :func:`compute_centers` samples z ~ N(0, I) through the style net only and runs Lloyd k-means (euclidean), as the

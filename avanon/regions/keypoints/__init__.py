@@ -5,7 +5,7 @@ reference (DeepPrivacy2, Paper F) ran ViTPose on each instance's mask box and sh
 `annotated_keypoints_{split}.json`. Providers (registry `KEYPOINT_PROVIDERS`):
 
 * ``annotations``: the dataset's own keypoints (COCO); a no-op.
-* ``file``: the reference's JSON files, mapped to our instance ids (formats: deepprivacy2.md §1.4):
+* ``file``: the reference's JSON files, mapped to our instance ids (formats: docs/reference.md §1.4):
 
   - Cityscapes ``{image basename: [[[x, y, conf] * 17] per row]}``. Rows follow detectron2's
     ``load_cityscapes_instances`` (polygons from JSON) restricted to category 0: the polygons JSON read in

@@ -13,9 +13,12 @@ caches the ground truth in a JSON next to its own source file by default, and ca
 copy of its args with every path under `out_dir`, run it in `out_dir` (under a lock, as the working directory is
 process-wide), never reuse a ground-truth cache, and turn its exits into RuntimeError.
 
-numpy: cityscapesscripts 2.3.0 uses `np.in1d` (removed in numpy 2.4) and json-dumps numpy integers that numpy 2.3
-returns from `count_nonzero` ("'numpy.int64' object has no attribute '__dict__'"). The project pins numpy<2.3
-(pyproject); with a newer numpy the failure is re-raised with this explanation.
+numpy: cityscapesscripts 2.3.0 uses `np.in1d` (deprecated in numpy 2.0, removed in 2.4: "module 'numpy' has no
+attribute 'in1d'") and json-dumps `matches.json` with `default=lambda o: o.__dict__`, which fails on the numpy
+integers that `count_nonzero` returns from numpy 2.3 on ("'numpy.int64' object has no attribute '__dict__'"). While
+the script runs (`_numpy_compatible`), its module sees a numpy whose `in1d` is `isin(...).ravel()` (numpy's own
+replacement) and its JSON writer turns numpy scalars and arrays into plain Python numbers and lists; numpy itself is
+not touched. Any other AttributeError/TypeError from inside the script is re-raised naming both versions.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import shutil
 import tempfile
 import struct
 import threading
+import types
 import warnings
 import zlib
 from collections import defaultdict
@@ -45,9 +49,54 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 GT_SUFFIX = "_gtFine_instanceIds.png"
 WORK_DIR = "cityscapes_eval"
 _LOCK = threading.Lock()
-NUMPY_HINT = ("cityscapesscripts' instance-level evaluation is known to break on numpy >= 2.3 (np.in1d removed in "
-              "2.4; numpy integers it cannot write to JSON in 2.3). avanon pins numpy<2.3: "
-              "pip install 'numpy>=1.24,<2.3'")
+VERSION_HINT = ("cityscapesscripts' instance-level evaluation failed inside the script; avanon works around its "
+                "known numpy >= 2.3 breakages (np.in1d, numpy integers in matches.json), so this may be a new "
+                "incompatibility. The tested versions are in constraints.txt: "
+                "pip install -c constraints.txt numpy cityscapesscripts")
+
+
+def _in1d(ar1, ar2, assume_unique=False, invert=False):
+    """numpy's documented replacement for the removed `np.in1d`: `np.isin(...).ravel()` (in1d returned a flat array)."""
+    return np.isin(ar1, ar2, assume_unique=assume_unique, invert=invert).ravel()
+
+
+class _NumpyForCityscapesScripts(types.ModuleType):
+    """The numpy module as cityscapesscripts 2.3.0 expects it: every attribute is numpy's, plus `in1d`."""
+
+    def __init__(self) -> None:
+        super().__init__(np.__name__, np.__doc__)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "in1d":
+            return _in1d
+        return getattr(np, name)
+
+
+def _json_default(o: Any) -> Any:
+    """The script's `default=lambda o: o.__dict__`, plus numpy scalars and arrays as plain Python values."""
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()
+    return o.__dict__
+
+
+def _write_json(dict_name: Any, file_name: str) -> None:
+    """cityscapesscripts' writeDict2JSON (same layout: sorted keys, indent 4) that can write numpy numbers."""
+    with open(file_name, "w") as f:
+        f.write(json.dumps(dict_name, default=_json_default, sort_keys=True, indent=4))
+
+
+@contextlib.contextmanager
+def _numpy_compatible(official):
+    """While the official script runs, its module's `np` and `writeDict2JSON` are the shims above (module globals of
+    the script only; numpy and other modules are unchanged). Callers hold _LOCK."""
+    saved = {name: getattr(official, name) for name in ("np", "writeDict2JSON")}
+    official.np = _NumpyForCityscapesScripts()
+    official.writeDict2JSON = _write_json
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(official, name, value)
 
 
 @contextlib.contextmanager
@@ -169,17 +218,23 @@ def run_official(pairs: Sequence[tuple[str, str]], work_dir: Path, results_dir: 
     args.instLabels = []
     Path(args.gtInstancesFile).unlink(missing_ok=True)  # never a stale ground-truth cache
     output = io.StringIO()
-    with _LOCK, _working_directory(work_dir), contextlib.redirect_stdout(output), warnings.catch_warnings():
-        # np.in1d is deprecated from numpy 2.0 (removed in 2.4): known, see NUMPY_HINT.
-        warnings.filterwarnings("ignore", message=".*in1d.*", category=DeprecationWarning)
+    with _LOCK, _working_directory(work_dir), contextlib.redirect_stdout(output), _numpy_compatible(official):
         try:
             return official.evaluateImgLists([p for p, _ in pairs], [g for _, g in pairs], args)
         except SystemExit:
             raise RuntimeError(f"cityscapesscripts evaluation stopped: {output.getvalue().strip()[-2000:]}") from None
         except (AttributeError, TypeError) as e:
-            if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 3):
-                raise RuntimeError(f"{NUMPY_HINT} (numpy {np.__version__}: {type(e).__name__}: {e})") from e
-            raise
+            raise RuntimeError(f"{VERSION_HINT} (cityscapesscripts {_version('cityscapesscripts')}, numpy "
+                               f"{np.__version__}: {type(e).__name__}: {e})") from e
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def evaluate_cityscapes(adapter_root: str | Path, split: str, predictions: Sequence[Mapping],

@@ -45,8 +45,6 @@ group holds at least two anonymized rows with a value.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from pathlib import Path
 from typing import Optional, Sequence
@@ -116,48 +114,3 @@ def write_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, metrics:
     if plots and not dt.empty:
         paths["depth_png"] = plot_depth(dt, out / "depth.png")
     return paths
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-
-def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("run_dir", help="RUN_DIR holding results.jsonl (or the .jsonl file)")
-    p.add_argument("--out", help="output folder (default RUN_DIR/report)")
-    p.add_argument("--metrics", help="comma-separated metrics to show (default: every metric all runs have)")
-    p.add_argument("--paper-table", action="append",
-                   help="Paper F table (1-4) to put beside ours, repeatable; 'none' for none "
-                        "(default: each result's own paper_table)")
-    p.add_argument("--decimals", type=int, default=1, help="printed precision (default 1, as Paper F)")
-    p.add_argument("--no-plots", action="store_true", help="tables only, no PNGs")
-    return p
-
-
-def cmd_report(args) -> int:
-    """Run `avanon report`; 0 written, 2 bad input. Warnings go to stderr."""
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    pt = None
-    if args.paper_table:
-        pt = False if any(x.lower() == "none" for x in args.paper_table) else [int(x) for x in args.paper_table]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ReportWarning)
-        try:
-            paths = write_report(args.run_dir, args.out, metrics=metrics, paper_table=pt, decimals=args.decimals,
-                                 plots=not args.no_plots)
-        except (ResultsError, ValueError) as e:
-            print(f"avanon report: {e}", file=sys.stderr)
-            return 2
-    for w in caught:
-        if issubclass(w.category, ReportWarning):
-            print(f"avanon report: warning: {w.message}", file=sys.stderr)
-    for name, p in paths.items():
-        print(f"{name}: {p}")
-    return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    p = add_report_arguments(argparse.ArgumentParser(prog="avanon report", description=__doc__.splitlines()[0]))
-    return cmd_report(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -225,7 +225,9 @@ class _JsonLog:
 
 
 def setup_logging() -> None:
-    if not logger.handlers:
+    """Timestamped training lines on stdout when no one configured logging (python -m avanon.study.training);
+    under `avanon` the command line's handlers (and -q/-v) apply."""
+    if not logger.handlers and not logging.getLogger("avanon").handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(handler)
