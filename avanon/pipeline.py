@@ -15,14 +15,29 @@ log = logging.getLogger("avanon.pipeline")
 
 
 def format_summary(name: str, s: MirrorSummary) -> str:
-    rate = (s.images - s.resumed) / s.seconds if s.seconds > 0 else 0.0
-    head = "plan" if s.dry_run else "done"
-    lines = [f"{name}: {head}: {s.images} images ({s.anonymized} anonymized, {s.copied} copied unchanged, "
-             f"{s.failed} failed, {s.resumed} already done), {s.instances_anonymized} instances anonymized, "
-             f"{s.tree_files_copied} other files {'to copy' if s.dry_run else 'copied'}, {s.seconds:.1f} s "
-             f"({rate:.2f} img/s)"]
+    """The console summary: the mirror's state (as summary.json, from the manifest), then what this run did."""
+    if s.dry_run:
+        head = (f"{name}: plan: {s.images} images ({s.anonymized} to anonymize, {s.copied} to copy unchanged, "
+                f"{s.failed} failing), {s.instances_anonymized} instances, {s.tree_files_copied} other files to copy")
+    else:
+        rate = s.processed / s.seconds if s.seconds > 0 else 0.0
+        now = (f"nothing to do: {s.resumed} already done" if not s.processed and s.resumed else
+               f"this run {s.processed} images in {s.seconds:.1f} s ({rate:.2f} img/s), {s.resumed} already done")
+        head = (f"{name}: done: {s.images} images ({s.anonymized} anonymized, {s.copied} copied unchanged, "
+                f"{s.failed} failed), {s.instances_anonymized} instances anonymized, {s.tree_files} other files; "
+                f"{now}, {s.tree_files_copied} other files copied")
+    lines = [head]
     if s.skip_reasons:
-        lines.append("  instances left alone: " + ", ".join(f"{k} {v}" for k, v in sorted(s.skip_reasons.items())))
+        lines.append("  instances left alone (reasons: README, 'Skip reasons'): "
+                     + ", ".join(f"{k} {v}" for k, v in sorted(s.skip_reasons.items())))
+    if s.face_visible:
+        lines.append(f"  face audit: {s.face_missed} of {s.face_visible} persons with a visible head got no face "
+                     f"region (recall {100 * s.face_recall:.1f} %)" + (" -- see face_missed in manifest.jsonl"
+                                                                     if s.face_missed else ""))
+    if s.detail_kept.get("count"):
+        d = s.detail_kept
+        lines.append(f"  detail kept in anonymized instances: median {d['median']:.2f}, p90 {d['p90']:.2f}, "
+                     f"max {d['max']:.2f} (0 = none of the source's fine detail survives, 1 = all)")
     if s.unannotated:
         lines.append(f"  {s.unannotated} images of the split have no annotation and were left out of the mirror")
     for p in s.dataset_problems[:5]:

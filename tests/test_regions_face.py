@@ -272,9 +272,9 @@ def test_detector_missing_package_gives_pip_command(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------------- config
 def test_registry_and_config_errors(tmp_path):
-    assert FACE_PROVIDERS.names() == ["detector", "file", "keypoints"]
+    assert FACE_PROVIDERS.names() == ["detector", "file", "keypoints", "union"]
     with pytest.raises(RegionConfigError, match=r"region\.face\.provider: unknown provider 'x'; known: detector, "
-                                                 r"file, keypoints"):
+                                                 r"file, keypoints, union"):
         selector({"provider": "x"})
     with pytest.raises(RegionConfigError, match=r"region\.face\.bogus"):
         selector({"provider": "keypoints", "bogus": 1})

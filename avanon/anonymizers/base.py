@@ -110,3 +110,15 @@ def check_positive(owner: str, key: str, value: Any) -> float | int:
             or not np.isfinite(value) or value <= 0:
         raise AnonymizerConfigError(f"{owner}: parameter {key!r} must be a positive number, got {value!r}")
     return int(value) if isinstance(value, (int, np.integer)) else float(value)
+
+
+def check_floor(owner: str, key: str, value: Any) -> Optional[float | int]:
+    """An optional lower bound (a strength floor): None or 0 = off (returned as None), else a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value) or value < 0:
+        raise AnonymizerConfigError(f"{owner}: parameter {key!r} must be null or a number >= 0, got {value!r}")
+    if value == 0:
+        return None
+    return int(value) if isinstance(value, (int, np.integer)) else float(value)

@@ -23,6 +23,10 @@ def add_commands(sub) -> None:
                    "estimator) and report the share of target instances with keypoints after it")
     i.add_argument("--keypoints-param", action="append", metavar="KEY=VALUE",
                    help="keypoint provider parameter, e.g. weights=PATH.pth, file=annotated_keypoints_train.json")
+    i.add_argument("--faces", metavar="PROVIDER", help="face audit: count persons whose head is visible by its "
+                   "keypoints but who get no face region from this provider (file, keypoints, detector, union)")
+    i.add_argument("--face-param", action="append", metavar="KEY=VALUE",
+                   help="face provider parameter, e.g. file=face_boxes_train.json, min_face_size=20")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="audit a mirror against its source")
@@ -44,12 +48,21 @@ def add_commands(sub) -> None:
 def cmd_inspect(args) -> int:
     from dataset_adapters import build_adapter
     from avanon.mirror.inspect import collect_stats, format_stats, plot_box_sizes
-    from avanon.regions import build_region_selector
+    from avanon.regions import RegionConfigError, build_region_selector
 
     adapter = build_adapter(args.dataset, args.root, args.split, **kv_list(args.option, "--option"))
-    # min_size 0: keep every instance so the expanded-box size distribution is complete.
-    selector = build_region_selector("body", {"min_size": 0}, kv_list(args.filter, "--filter"), Path(args.root),
-                                     adapter.target_categories)
+    try:
+        # min_size 0: keep every instance so the expanded-box size distribution is complete.
+        selector = build_region_selector("body", {"min_size": 0}, kv_list(args.filter, "--filter"), Path(args.root),
+                                         adapter.target_categories)
+        faces = None
+        if args.faces:
+            faces = build_region_selector("face", {"provider": args.faces, **kv_list(args.face_param, "--face-param")},
+                                          kv_list(args.filter, "--filter"), Path(args.root),
+                                          adapter.target_categories)
+    except RegionConfigError as exc:
+        print(f"avanon: error: {exc}", file=sys.stderr)
+        return 2
     if args.keypoints:
         from avanon.regions.keypoints import KeypointConfigError, build_keypoint_provider
 
@@ -57,12 +70,12 @@ def cmd_inspect(args) -> int:
             provider = build_keypoint_provider(args.keypoints, kv_list(args.keypoints_param, "--keypoints-param"),
                                                Path(args.root), split=args.split,
                                                target_categories=adapter.target_categories)
-            stats = collect_stats(adapter, selector, args.dataset, provider)
+            stats = collect_stats(adapter, selector, args.dataset, provider, faces)
         except KeypointConfigError as exc:
             print(f"avanon: error: {exc}", file=sys.stderr)
             return 2
     else:
-        stats = collect_stats(adapter, selector, args.dataset)
+        stats = collect_stats(adapter, selector, args.dataset, face_selector=faces)
     d = stats.to_dict()
     print(format_stats(d))
     plot = Path(args.plot or f"inspect_{args.dataset}_{args.split}.png")
@@ -85,6 +98,10 @@ def cmd_verify(args) -> int:
         print(f"ERROR {e}")
     for w in report.warnings[:20]:
         print(f"warning {w}")
+    kept = report.to_dict()["detail_kept"]
+    if kept.get("count"):
+        print(f"detail kept in the anonymized instances: median {kept['median']:.2f}, p90 {kept['p90']:.2f}, "
+              f"max {kept['max']:.2f} (0 = none of the source's fine detail survives, 1 = all)")
     status = "CLEAN" if report.clean else f"NOT CLEAN ({len(report.errors)} errors)"
     print(f"{args.mirror}: {status}: {report.images_checked} images, {report.instances_checked} instances, "
           f"{report.tree_files_checked} other files checked; {len(report.warnings)} warnings")
@@ -123,7 +140,17 @@ def cmd_merge(args) -> int:
               f"{absent[0]}): a shard was interrupted; re-run it with the same --shard, then merge again",
               file=sys.stderr)
         return 1
-    return 0
+    from avanon.mirror.imageio import atomic_write_bytes
+    from avanon.mirror.writer import mirror_state
+
+    mirror = Path(args.mirror)
+    state = mirror_state(adapter, mirror, bool(run.get("copy_unannotated", False)))
+    atomic_write_bytes(mirror / "summary.json", (json.dumps(state.to_dict(), indent=2, default=str) + "\n").encode())
+    for shard_summary in mirror.glob("summary-*of*.json"):
+        shard_summary.unlink()
+    print(f"{mirror / 'summary.json'}: {state.images} images ({state.anonymized} anonymized, {state.copied} copied "
+          f"unchanged, {state.failed} failed)")
+    return 1 if state.failed else 0
 
 
 def add_show_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

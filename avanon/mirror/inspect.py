@@ -38,6 +38,11 @@ class DatasetStats:
     box_fraction: list = field(default_factory=list)  # tight box area / image area, per target instance
     box_side: list = field(default_factory=list)  # sqrt(tight box area) in pixels, per target instance
     expanded_side: list = field(default_factory=list)  # sqrt(expanded body box area), per selected instance
+    # With a face selector (`avanon inspect --faces PROVIDER`): the face audit over the split.
+    face_provider: Optional[str] = None
+    face_visible: int = 0
+    face_missed: int = 0
+    face_missed_examples: list = field(default_factory=list)  # (file, instance id), the first few
 
     def to_dict(self) -> dict:
         frac = np.asarray(self.box_fraction)
@@ -54,6 +59,9 @@ class DatasetStats:
             "keypoint_fraction_provider": (self.targets_with_provider_keypoints / self.targets)
             if self.targets and self.keypoint_provider else None,
             "keypoint_provider_warnings": self.keypoint_provider_warnings[:50],
+            "face_provider": self.face_provider, "face_visible": self.face_visible, "face_missed": self.face_missed,
+            "face_recall": (1 - self.face_missed / self.face_visible) if self.face_visible else None,
+            "face_missed_examples": self.face_missed_examples[:20],
             "box_fraction_median": float(np.median(frac)) if frac.size else None,
             "share_of_boxes_below_1pct_of_image": float((frac < 0.01).mean()) if frac.size else None,
         }
@@ -64,10 +72,14 @@ class DatasetStats:
         return out
 
 
-def collect_stats(adapter, selector, name: str, keypoint_provider=None) -> DatasetStats:
+def collect_stats(adapter, selector, name: str, keypoint_provider=None, face_selector=None) -> DatasetStats:
     """One pass over the split. `selector` is a body region selector with the recipe's filters; with a
-    `keypoint_provider` (avanon.regions.keypoints) its keypoints are applied before selection and counted too."""
+    `keypoint_provider` (avanon.regions.keypoints) its keypoints are applied before selection and counted too; with
+    a `face_selector` the face audit is counted: persons whose head is visible by its own keypoints but who get no
+    face region from that provider."""
     stats = DatasetStats(dataset=name, split=adapter.split)
+    if face_selector is not None:
+        stats.face_provider = face_selector.params.provider
     if keypoint_provider is not None:
         stats.keypoint_provider = keypoint_provider.name
     stats.problems.extend(adapter.dataset_problems())
@@ -106,9 +118,27 @@ def collect_stats(adapter, selector, name: str, keypoint_provider=None) -> Datas
         for region in selection.regions:
             x0, y0, x1, y1 = region.exp_box
             stats.expanded_side.append(float(np.sqrt(max(0, x1 - x0) * max(0, y1 - y0))))
+        if face_selector is not None:
+            _audit_faces(adapter, applied, face_selector, stats)
     if keypoint_provider is not None:
         stats.keypoint_provider_warnings = list(keypoint_provider.warnings)
     return stats
+
+
+def _audit_faces(adapter, record, face_selector, stats: DatasetStats) -> None:
+    image = None
+    if face_selector.needs_image:
+        from avanon.mirror.imageio import ImageReadError, read_image
+
+        try:
+            image = read_image(adapter.root / record.file_name, (record.width, record.height)).pixels
+        except ImageReadError as exc:
+            stats.problems.append(f"{record.file_name}: {exc}")
+            return
+    faces = face_selector.select(record, image)
+    stats.face_visible += len(faces.face_visible)
+    stats.face_missed += len(faces.face_missed)
+    stats.face_missed_examples.extend((record.file_name, iid) for iid in faces.face_missed[:3])
 
 
 def _apply_keypoints(adapter, record, provider, stats: DatasetStats):
@@ -171,6 +201,12 @@ def format_stats(d: dict) -> str:
                      f"(keypoint provider '{d['keypoint_provider']}'{annotated})")
     elif d["keypoint_fraction"] is not None:
         lines.append(f"  instances with keypoints: {100 * d['keypoint_fraction']:.1f} %")
+    if d.get("face_provider"):
+        recall = f" (recall {100 * d['face_recall']:.1f} %)" if d["face_recall"] is not None else ""
+        lines.append(f"  face audit ({d['face_provider']}): {d['face_missed']} of {d['face_visible']} persons with "
+                     f"a visible head get no face region{recall}")
+        for f, iid in d["face_missed_examples"][:5]:
+            lines.append(f"    missed: {f} instance {iid}")
     for w in d.get("keypoint_provider_warnings", [])[:5]:
         lines.append(f"  keypoint provider warning: {w}")
     for t in SIZE_THRESHOLDS:

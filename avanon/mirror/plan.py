@@ -108,6 +108,18 @@ def check_face_file_coverage(selector, adapter, recipe: dict, src: str) -> None:
                           "filters.allow_empty: true to accept a mirror without face regions")
 
 
+def needs_keypoints(recipe: dict, entry: dict) -> bool:
+    """Whether an anonymize entry uses keypoints: the keypoint-guided body generator (realistic bodies with
+    region_model auto or body_triagan288), keypoint-based face boxes, or a require_keypoints filter. The recipe's
+    keypoint provider (e.g. the reference's annotated_keypoints files) is needed only for those."""
+    if (recipe.get("filters") or {}).get("require_keypoints"):
+        return True
+    if entry["region"] == "face":
+        return (recipe["regions"].get("face") or {}).get("provider") in ("keypoints", "union")
+    return entry["method"] == "realistic" and entry["params"].get("region_model", "auto") in ("auto",
+                                                                                             "body_triagan288")
+
+
 def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[tuple[dict, MirrorJob]]:
     """One MirrorJob per selected anonymize entry; region settings are validated here, naming the recipe key."""
     from avanon.regions import RegionConfigError, build_region_selector
@@ -122,7 +134,7 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
         entries = [e for e in entries if e["name"] in only]
     check_categories(recipe, adapter, src)
     kp = recipe["keypoints"]
-    if kp["provider"] != "annotations":
+    if kp["provider"] != "annotations" and any(needs_keypoints(recipe, e) for e in entries):
         from avanon.regions.keypoints import build_keypoint_provider
 
         try:
@@ -154,8 +166,9 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
             png_compression=recipe["output"]["png_compression"],
             region_description=region_identity(selector),
             link=recipe["output"]["link"],
-            keypoints_provider=recipe["keypoints"]["provider"],
-            keypoints_params=recipe["keypoints"]["params"],
+            # a keypoint provider only where keypoints are used (its files are needed only then)
+            keypoints_provider=kp["provider"] if needs_keypoints(recipe, entry) else "annotations",
+            keypoints_params=kp["params"] if needs_keypoints(recipe, entry) else {},
             split=recipe["dataset"]["split"],
         )
         out.append((entry, job))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from typing import Iterable, Iterator, Optional
 from dataset_adapters.base import (
     DatasetAdapter, DatasetError, ImageRecord, check_relative, innermost_adapter, resolve_inside,
 )
+from avanon.anonymizers.strength import detail_kept
 from avanon.mirror.manifest import (
     RUN_FILE, MirrorError, _repair_tail, compact_manifest, manifest_name, read_manifest,
 )
@@ -39,22 +41,31 @@ TEMP_FILE = re.compile(r"^\..+\.tmp-(\d+)$")
 
 @dataclass
 class MirrorSummary:
+    """The state of a mirror (or of one shard of it), computed from its manifest after every run, resume, rerun or
+    merge, so that it equals the summary of an uninterrupted run; plus what this invocation did (`this_run`)."""
+
     out_dir: str
     images: int = 0
     anonymized: int = 0
     copied: int = 0
     failed: int = 0
-    resumed: int = 0
     instances_anonymized: int = 0
     skip_reasons: Counter = field(default_factory=Counter)
     failures: list = field(default_factory=list)
+    face_missed: int = 0  # persons with a visible head (>= 2 head keypoints) that got no face region
+    face_visible: int = 0  # persons with a visible head among the target persons of face mirrors
+    detail_kept: dict = field(default_factory=dict)  # summary of the per-instance anonymization strength
+    tree_files: int = 0
     unannotated: int = 0
-    tree_files_copied: int = 0
     tree_failures: list = field(default_factory=list)
-    stale_temp_files_removed: int = 0
     dataset_problems: list = field(default_factory=list)
-    seconds: float = 0.0
     dry_run: bool = False
+    # this invocation only
+    processed: int = 0
+    resumed: int = 0
+    tree_files_copied: int = 0
+    stale_temp_files_removed: int = 0
+    seconds: float = 0.0
 
     def add(self, line: dict) -> None:
         self.images += 1
@@ -68,10 +79,34 @@ class MirrorSummary:
             self.failures.append((line["file"], line.get("error", "")))
         self.instances_anonymized += len(line.get("anonymized", []))
         self.skip_reasons.update(reason for _, reason in line.get("skipped", []))
+        self.face_missed += len(line.get("face_missed", []))
+        self.face_visible += int(line.get("face_visible", 0))
+
+    def recount(self, lines: Iterable[dict]) -> None:
+        """Set the mirror's state from its manifest lines (this invocation's counters are kept)."""
+        from avanon.anonymizers.strength import summarize_detail
+
+        self.images = self.anonymized = self.copied = self.failed = self.instances_anonymized = 0
+        self.face_missed = self.face_visible = 0
+        self.skip_reasons, self.failures = Counter(), []
+        kept = []
+        for line in lines:
+            self.add(line)
+            kept.extend(v for v in (line.get("detail_kept") or {}).values() if v is not None)
+        self.detail_kept = summarize_detail(kept)
+
+    @property
+    def face_recall(self) -> Optional[float]:
+        return None if not self.face_visible else 1.0 - self.face_missed / self.face_visible
 
     def to_dict(self) -> dict:
+        """summary.json: the mirror's state, then `this_run` (what differs between a resumed and an uninterrupted
+        run: timings and counts of work done now)."""
         d = asdict(self)
         d["skip_reasons"] = dict(sorted(self.skip_reasons.items()))
+        d["face_recall"] = self.face_recall
+        d["this_run"] = {k: d.pop(k) for k in ("processed", "resumed", "tree_files_copied",
+                                               "stale_temp_files_removed", "seconds")}
         return d
 
 
@@ -204,6 +239,9 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True, previ
             raise ImageReadError("annotation problems: " + "; ".join(record.problems))
         line["anonymized"] = [r.instance_id for r in selection.regions]
         line["skipped"] = [list(s) for s in selection.skipped]
+        if job.region == "face":  # the audit: persons whose head is visible by its own evidence but got no face
+            line["face_missed"] = list(selection.face_missed)
+            line["face_visible"] = len(selection.face_visible)
         if not selection.regions:
             # Copied in the clear only when the annotation provably describes this very image: its size (from
             # the header, in the EXIF frame the policy picks) must equal the annotation's.
@@ -219,6 +257,8 @@ def process_image(job: MirrorJob, record: ImageRecord, write: bool = True, previ
         if loaded is None:
             loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
         pixels = anonymizer.anonymize(loaded.pixels, selection.regions, seed)
+        kept = {r.instance_id: detail_kept(loaded.pixels, pixels, r) for r in selection.regions}
+        line["detail_kept"] = {k: (round(v, 4) if math.isfinite(v) else None) for k, v in kept.items()}
         data = encode_image(pixels, loaded, job.jpeg_quality, job.png_compression)
         _write(dst, data=data)
         line["output_sha256"] = sha256_bytes(data)
@@ -379,6 +419,9 @@ def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_i
                 compact_manifest(out_dir)
             except (OSError, MirrorError):
                 pass  # the appended manifest stays readable; the next run compacts it
+    if not dry_run:  # the mirror's state, whatever this invocation did
+        lines = read_manifest(out_dir)
+        summary.recount(lines[f] for i, (f, _) in enumerate(index) if _in_shard(i, shard) and f in lines)
     summary.seconds = time.perf_counter() - start
     return summary
 
@@ -399,10 +442,10 @@ def _write_images(adapter, job, workers, shard, dry_run, previous, manifest_path
             for line in results:
                 bar.update(1)
                 if line.pop("_resumed", False):
-                    summary.images += 1
                     summary.resumed += 1
-                    summary.instances_anonymized += len(line.get("anonymized", []))
+                    summary.add(line)
                     continue
+                summary.processed += 1
                 summary.add(line)
                 manifest.write(json.dumps(line, sort_keys=True) + "\n")
                 manifest.flush()
@@ -420,6 +463,26 @@ def _results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[dict]]]
 
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", batch_size=1, pre_dispatch="2*n_jobs")
     return parallel(delayed(_run_in_worker)(job, r, p) for r, p in items)
+
+
+def mirror_state(adapter: DatasetAdapter, out_dir: Path, copy_unannotated: bool) -> MirrorSummary:
+    """The summary of a whole mirror from its manifest and its source's tree (after `avanon merge`)."""
+    summary = MirrorSummary(out_dir=str(out_dir))
+    index = adapter.image_index()
+    lines = read_manifest(out_dir)
+    summary.recount(lines[f] for f, _ in index if f in lines)
+    summary.dataset_problems = list(adapter.dataset_problems())
+    record_files = {f for f, _ in index}
+    record_dirs = {str(PurePosixPath(f).parent) for f in record_files}
+    for rel in adapter.tree_files():
+        if rel in record_files:
+            continue
+        p = PurePosixPath(rel)
+        if p.suffix.lower() in IMAGE_SUFFIXES and str(p.parent) in record_dirs and not copy_unannotated:
+            summary.unannotated += 1
+        else:
+            summary.tree_files += 1
+    return summary
 
 
 def _same_content(src: Path, dst: Path) -> bool:
@@ -455,6 +518,7 @@ def _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, lin
             continue
         if not _in_shard(index, shard):
             continue
+        summary.tree_files += 1
         if dry_run:
             summary.tree_files_copied += 1
             continue

@@ -39,7 +39,17 @@ class Region:
 
 @dataclass
 class Selection:
-    """The regions of one image, in paste order, and every instance left alone with its reason."""
+    """The regions of one image, in paste order, and every instance left alone with its reason.
+
+    face_missed: face selections only: the target persons (they passed the filters) whose head is visible by their
+        own keypoints (>= 2 of nose, eyes, ears with v >= the face provider's keypoint threshold, 0.3 by default,
+        inside the image) but who got no face region, in record order. Each is also in `skipped` ("no_face").
+        Body selections leave it empty.
+    face_visible: face selections only: every target person whose head is visible that way (the audit's
+        denominator: face recall = 1 - len(face_missed) / len(face_visible)).
+    """
 
     regions: list[Region]
     skipped: list[tuple[str, str]]  # (instance_id, reason)
+    face_missed: list[str] = field(default_factory=list)
+    face_visible: list[str] = field(default_factory=list)

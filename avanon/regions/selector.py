@@ -14,7 +14,9 @@ import numpy as np
 
 from avanon.regions.base import Region, Selection
 from avanon.regions.body import BodyParams, body_region, parse_body_params
-from avanon.regions.face import FACE_PROVIDERS, DetectorFaceProvider, FaceBox, FaceParams, clip_face_box, face_region, parse_face_params
+from avanon.regions.face import (
+    FACE_PROVIDERS, FaceBox, FaceParams, clip_face_box, face_region, head_visible, parse_face_params,
+)
 from avanon.regions.filters import Candidate, FilterConfig, RegionConfigError, apply_filters, parse_filters
 from avanon.regions.matching import greedy_match, iou_matrix
 from dataset_adapters.base import ImageRecord
@@ -22,12 +24,14 @@ from dataset_adapters.base import ImageRecord
 KINDS = ("body", "face")
 
 
-def _finish(record: ImageRecord, regions: list[Region], skipped: list[tuple[str, str]]) -> Selection:
-    """Paste order: ascending area, stable (ties keep record order); skips in record order."""
+def _finish(record: ImageRecord, regions: list[Region], skipped: list[tuple[str, str]],
+            face_missed: Sequence[str] = (), face_visible: Sequence[str] = ()) -> Selection:
+    """Paste order: ascending area, stable (ties keep record order); skips and face_missed in record order."""
     order = {inst.instance_id: i for i, inst in enumerate(record.instances)}
     regions = sorted(regions, key=lambda r: r.area)
     skipped = sorted(skipped, key=lambda s: order.get(s[0], len(order)))
-    return Selection(regions=regions, skipped=skipped)
+    missed = sorted(face_missed, key=lambda iid: order.get(iid, len(order)))
+    return Selection(regions=regions, skipped=skipped, face_missed=missed, face_visible=list(face_visible))
 
 
 class RegionSelector(abc.ABC):
@@ -82,7 +86,7 @@ class FaceSelector(RegionSelector):
         super().__init__(filters)
         self.params = params
         self.provider = FACE_PROVIDERS.get(params.provider)(params, dataset_root)
-        self.needs_image = isinstance(self.provider, DetectorFaceProvider)
+        self.needs_image = bool(self.provider.needs_image)
 
     def _assign(self, faces: Sequence[FaceBox], cands: Sequence[Candidate], imshape) -> dict[int, tuple]:
         """Candidate index -> (face, IoU or None): provider matches first, then greedy IoU matching of the rest."""
@@ -101,6 +105,24 @@ class FaceSelector(RegionSelector):
                 assigned[free[m]] = (loose[b], value)
         return assigned
 
+    def _merge(self, faces: Sequence[FaceBox], cands: Sequence[Candidate], imshape) -> dict[int, tuple]:
+        """`union`: loose (detector) boxes matched by IoU against every person, owned (keypoint) boxes to their
+        person; per person the smallest box containing both, else the one that exists."""
+        owned = self._assign([f for f in faces if f.instance_id is not None], cands, imshape)
+        loose = self._assign([f for f in faces if f.instance_id is None], cands, imshape)
+        out = {}
+        for j in sorted(set(owned) | set(loose)):
+            mine, det = owned.get(j, (None, None)), loose.get(j, (None, None))
+            if mine[0] is not None and det[0] is not None:
+                a, b = mine[0].box, det[0].box
+                box = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                out[j] = (FaceBox(box, det[0].score, cands[j].instance_id), det[1], ["detector", "keypoints"])
+            elif det[0] is not None:
+                out[j] = (det[0], det[1], ["detector"])
+            else:
+                out[j] = (mine[0], None, ["keypoints"])
+        return out
+
     def select(self, record, image=None):
         cands, skipped = apply_filters(record, self.filters)
         imshape = (record.height, record.width)
@@ -110,16 +132,26 @@ class FaceSelector(RegionSelector):
                 box = clip_face_box(face.box, *imshape)
                 if box is not None and face.score >= self.params.score_threshold:
                     faces.append(FaceBox(box, face.score, face.instance_id))
-        assigned = self._assign(faces, cands, imshape)
-        regions = []
+        if self.provider.merge_per_person:
+            assigned = self._merge(faces, cands, imshape)
+        else:
+            assigned = {j: (face, iou, None) for j, (face, iou) in self._assign(faces, cands, imshape).items()}
+        regions, missed, visible = [], [], []
+        thr = self.provider.keypoint_threshold
         for j, cand in enumerate(cands):
+            if head_visible(cand.instance.keypoints, thr, *imshape):
+                visible.append(cand.instance_id)
             if j not in assigned:
                 skipped.append((cand.instance_id, "no_face"))
+                if visible and visible[-1] == cand.instance_id:
+                    missed.append(cand.instance_id)  # a visible head without a face region: the audit counts it
                 continue
-            face, iou = assigned[j]
-            regions.append(face_region(face, cand.instance_id, imshape,
-                                       {"iou": iou, "provider": self.params.provider}))
-        return _finish(record, regions, skipped)
+            face, iou, sources = assigned[j]
+            extra = {"iou": iou, "provider": self.params.provider}
+            if sources is not None:
+                extra["sources"] = sources
+            regions.append(face_region(face, cand.instance_id, imshape, extra))
+        return _finish(record, regions, skipped, missed, visible)
 
     def describe(self):
         return {"kind": "face", "params": self.params.describe(), "provider": self.provider.describe(),

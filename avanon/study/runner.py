@@ -76,6 +76,14 @@ def result_metrics(evaluation: Optional[dict]) -> dict:
     return metrics
 
 
+def mirror_privacy(mirror_dir: Path) -> dict:
+    """What the mirror's summary says about privacy, for the report's privacy-utility view: the median share of
+    the source's fine detail kept in the anonymized instances, and the face recall of face mirrors."""
+    path = Path(mirror_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    return {"detail_kept": (summary.get("detail_kept") or {}).get("median"), "face_recall": summary.get("face_recall")}
+
+
 def run_study(recipe: dict, mirrors: list[tuple[dict, Path]], *, test_only: bool = False, dry_run: bool = False,
               progress_print=None) -> Path:
     """Train and evaluate every (mirror, seed); append results.jsonl; write the report. Returns the study dir.
@@ -113,6 +121,8 @@ def run_study(recipe: dict, mirrors: list[tuple[dict, Path]], *, test_only: bool
         line = {"dataset": dataset_name, "task": study["task"], "model": study["model"], "depth": depth,
                 "region": region, "method": method, "variant": variant, "mirror": key, "seed": int(seed),
                 "metrics": metrics, "paper_table": study["paper_table"], "run_dir": str(out)}
+        if mirror_dir is not None:
+            line["privacy"] = mirror_privacy(mirror_dir)
         sdir.mkdir(parents=True, exist_ok=True)
         with open(results_path, "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")

@@ -17,6 +17,11 @@ object per line, one line per finished (mirror, seed) training run::
 - ``metrics`` maps free-form metric names to numbers (null: not measured). Paper F's names are ``AP``, ``AP50``,
   ``AP_person`` (instance segmentation) and ``box_AP``, ``kp_AP`` (keypoints); ``bbox_AP``/``AP_bbox`` and
   ``keypoints_AP``/``AP_kp`` are read as ``box_AP`` and ``kp_AP``.
+- Optional ``privacy`` (written by the study runner; null or absent in older files and for runs it did not
+  measure): ``{"detail_kept": 0.12, "face_recall": 0.05}``, each a number in [0, 1] or null: the median over the
+  mirror's anonymized instances of avanon.anonymizers.strength.detail_kept, and the share of faces a detector
+  still finds in the mirror. Other keys inside it are ignored; a value of another type or outside [0, 1] is an
+  error naming the line.
 - Blank lines are skipped. A last line that is not valid JSON (a run killed mid-write) is ignored with a
   warning; invalid JSON anywhere else is an error naming the line. A (run, seed) that appears twice (a re-run)
   counts once, the later line wins, with a warning.
@@ -40,6 +45,12 @@ each metric within its region group in bold; Paper F's number beside each metric
 body orange, error bars se(Δ)) and, when several ResNet depths are present, ``depth.png`` (relative drop per depth,
 like Paper F Fig. 8) plus a table of it in ``report.md``.
 
+When some row has privacy data, also: a "Privacy and utility" section in ``report.md`` (per table and run:
+detail kept, face recall, Δ of the main metric -- AP_person where shown, else the table's first metric),
+``privacy.csv`` (the same, one row per run) and ``privacy_utility.png`` (Δ of the main metric against detail
+kept, one labelled point per anonymized run, face blue / body orange); see :mod:`avanon.study.report.privacy`.
+Without privacy data the report is exactly as before.
+
 "Best" compares means rounded to the printed precision (ties are all bold) and is marked only where a region
 group holds at least two anonymized rows with a value.
 """
@@ -50,6 +61,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from avanon.study.report.plots import plot_delta, plot_depth
+from avanon.study.report.privacy import has_privacy, plot_privacy, privacy_markdown, privacy_table  # noqa: F401
 from avanon.study.report.results import (  # noqa: F401  (the report API)
     KEY, RESULTS_FILE, PathLike, ReportWarning, ResultsError, load_results, metric_columns, results_path,
 )
@@ -78,14 +90,15 @@ from avanon.study.report.tables import (  # noqa: F401
 
 def write_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, metrics: Optional[Sequence[str]] = None,
                  paper_table=None, decimals: int = 1, plots: bool = True) -> dict[str, Path]:
-    """Write report.md, report.csv, report_long.csv, delta.png (and depth.png when several depths are present).
+    """Write report.md, report.csv, report_long.csv, delta.png (and depth.png when several depths are present;
+    privacy.csv and privacy_utility.png when some row has privacy data).
 
     run_dir: RUN_DIR holding results.jsonl, or the .jsonl file. out_dir: default RUN_DIR/report.
     metrics: the metrics to show (default: every metric all runs of a table have). paper_table: None (each row's
     own ``paper_table``), an int / ints (Tables 1-4 for every row), or False (no paper numbers).
     plots=False skips the PNGs (matplotlib is most of the run time).
-    Returns {"markdown", "csv", "long_csv", "delta_png"[, "depth_png"]} -> path. Raises ResultsError on bad
-    input; ReportWarnings raised while reading are re-issued and listed in report.md.
+    Returns {"markdown", "csv", "long_csv", "delta_png"[, "depth_png"][, "privacy_csv", "privacy_png"]} -> path.
+    Raises ResultsError on bad input; ReportWarnings raised while reading are re-issued and listed in report.md.
     """
     src = results_path(run_dir)
     out = Path(out_dir) if out_dir is not None else src.parent / "report"
@@ -96,6 +109,7 @@ def write_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, metrics:
         display = _display_metrics(df, summary, metrics)
         wide = _wide(summary, display, decimals)
         dt = depth_table(summary)
+        pt = privacy_table(df, summary, display)
     notes = []
     for w in caught:
         if issubclass(w.category, ReportWarning):
@@ -106,11 +120,17 @@ def write_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, metrics:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "csv": out / "report.csv", "long_csv": out / "report_long.csv"}
     paths["markdown"].write_text(_markdown(str(src), summary, wide, display, decimals,
-                                           dt if not dt.empty else None, notes), encoding="utf-8")
+                                           dt if not dt.empty else None, notes,
+                                           privacy_markdown(pt, decimals)), encoding="utf-8")
     wide.to_csv(paths["csv"], index=False, float_format="%.6g")
     summary.to_csv(paths["long_csv"], index=False, float_format="%.6g")
+    if not pt.empty:
+        paths["privacy_csv"] = out / "privacy.csv"
+        pt.to_csv(paths["privacy_csv"], index=False, float_format="%.6g")
     if plots:
         paths["delta_png"] = plot_delta(summary, display, out / "delta.png")
     if plots and not dt.empty:
         paths["depth_png"] = plot_depth(dt, out / "depth.png")
+    if plots and not pt.empty:
+        paths["privacy_png"] = plot_privacy(pt, out / "privacy_utility.png")
     return paths

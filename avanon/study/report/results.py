@@ -40,7 +40,17 @@ TABLE = ["dataset", "task", "model", "depth", "table_variant"]
 
 
 
-FIXED_COLUMNS = set(KEY) | {"seed", "mirror", "paper_table", "line"}
+# The optional per-row ``privacy`` object: its keys and the frame columns they are read into (present only when
+# some row of the file has privacy data, so a file without it loads exactly as before).
+PRIVACY_KEYS = ("detail_kept", "face_recall")
+
+
+
+PRIVACY_COLUMNS = {k: f"privacy_{k}" for k in PRIVACY_KEYS}
+
+
+
+FIXED_COLUMNS = set(KEY) | {"seed", "mirror", "paper_table", "line"} | set(PRIVACY_COLUMNS.values())
 
 
 
@@ -92,6 +102,25 @@ def _as_int(value, what: str, where: str) -> int:
 
 
 
+def _parse_privacy(privacy, where: str) -> dict:
+    """The optional ``privacy`` object -> {column: float} for the values given (null or absent: not measured)."""
+    if privacy is None:
+        return {}
+    if not isinstance(privacy, dict):
+        raise ResultsError(f"{where}: privacy must be an object like {{\"detail_kept\": 0.2, \"face_recall\": "
+                           f"0.1}} or null, got {privacy!r}")
+    out = {}
+    for k in PRIVACY_KEYS:
+        v = privacy.get(k)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise ResultsError(f"{where}: privacy.{k} must be a number in [0, 1] or null, got {v!r}")
+        out[PRIVACY_COLUMNS[k]] = float(v)
+    return out
+
+
+
 def _parse_row(obj, where: str) -> dict:
     if not isinstance(obj, dict):
         raise ResultsError(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -126,6 +155,7 @@ def _parse_row(obj, where: str) -> dict:
         if pt not in paper_f.TABLES:
             raise ResultsError(f"{where}: paper_table {pt} is not a Paper F table {paper_f.TABLES} (or null)")
     row["paper_table"] = pt
+    row.update(_parse_privacy(obj.get("privacy"), where))
     metrics = obj["metrics"]
     if not isinstance(metrics, dict) or not metrics:
         raise ResultsError(f"{where}: metrics must be a non-empty object of name: number")
@@ -149,9 +179,11 @@ def load_results(run_dir: PathLike) -> pd.DataFrame:
     """Read RUN_DIR/results.jsonl (or a .jsonl path) into one row per (run, seed).
 
     Columns: dataset, task, model, depth, variant, region, method, mirror, seed, paper_table (Int64, may be
-    <NA>), line (1-based line number), then one float column per metric (NaN where a run lacks it), metrics in
-    Paper F's order first (AP, AP50, AP_person, box_AP, kp_AP), the rest in order of first appearance.
-    ``df.attrs["metrics"]`` lists the metric columns, ``df.attrs["source"]`` the file.
+    <NA>), line (1-based line number), then -- only when some row has a ``privacy`` value --
+    privacy_detail_kept and privacy_face_recall (float, NaN where a row lacks the value), then one float column
+    per metric (NaN where a run lacks it), metrics in Paper F's order first (AP, AP50, AP_person, box_AP, kp_AP),
+    the rest in order of first appearance. ``df.attrs["metrics"]`` lists the metric columns,
+    ``df.attrs["source"]`` the file, ``df.attrs["privacy"]`` whether the privacy columns are there.
     Raises ResultsError (a ValueError) naming the line for bad input; warns (ReportWarning) about a truncated
     last line and duplicate runs.
     """
@@ -188,7 +220,13 @@ def load_results(run_dir: PathLike) -> pd.DataFrame:
     for m in metrics:
         if m not in df:
             df[m] = np.nan
-    df = df[KEY + ["mirror", "seed", "paper_table", "line"] + metrics]
+    privacy = [c for c in PRIVACY_COLUMNS.values() if c in df.columns]
+    if privacy:
+        for c in PRIVACY_COLUMNS.values():
+            if c not in df:
+                df[c] = np.nan
+        privacy = list(PRIVACY_COLUMNS.values())
+    df = df[KEY + ["mirror", "seed", "paper_table", "line"] + privacy + metrics]
     df["paper_table"] = df["paper_table"].astype("Int64")
     df["depth"] = df["depth"].astype(int)
     df["seed"] = df["seed"].astype(int)
@@ -208,6 +246,7 @@ def load_results(run_dir: PathLike) -> pd.DataFrame:
                                f"{', '.join(str(x) for x in part['line'])})")
     df.attrs["metrics"] = metrics
     df.attrs["source"] = str(path)
+    df.attrs["privacy"] = bool(privacy)
     return df
 
 

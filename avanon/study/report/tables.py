@@ -314,7 +314,8 @@ def _wide(summary: pd.DataFrame, display: dict, decimals: int) -> pd.DataFrame:
 
 
 def _markdown(source: str, summary: pd.DataFrame, wide: pd.DataFrame, display: dict, decimals: int,
-              depth_table: Optional[pd.DataFrame], notes: list[str]) -> str:
+              depth_table: Optional[pd.DataFrame], notes: list[str],
+              extra_sections: Optional[list[str]] = None) -> str:
     out = ["# avanon report", "",
            f"Source: `{source}`", "",
            "Mean ± standard error over training seeds (n seeds), evaluated on the original validation split. "
@@ -375,6 +376,8 @@ def _markdown(source: str, summary: pd.DataFrame, wide: pd.DataFrame, display: d
             cells += [fmt_num(100 * vals[x], decimals) + "%" if x in vals and not pd.isna(vals[x]) else DASH
                       for x in depths]
             out.append("| " + " | ".join(cells) + " |")
+    if extra_sections:
+        out += extra_sections  # lines, each section starting with a blank line (e.g. Privacy and utility)
     if notes:
         out += ["", "## Warnings", ""] + [f"- {_md_escape(n)}" for n in notes]
     return "\n".join(out) + "\n"
