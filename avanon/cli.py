@@ -15,6 +15,7 @@ from typing import Optional
 
 from avanon import __version__
 from avanon.cliutil import PipeSafe
+from avanon.progress import ConsoleHandler
 
 
 def _verbosity(p: argparse.ArgumentParser, default) -> None:
@@ -50,10 +51,10 @@ def setup_logging(quiet: int, verbose: int) -> None:
     root = logging.getLogger("avanon")
     for h in list(root.handlers):
         root.removeHandler(h)
-    out = logging.StreamHandler(sys.stdout)
+    out = ConsoleHandler("stdout")
     out.addFilter(lambda r: r.levelno < logging.WARNING)
     out.setFormatter(logging.Formatter("%(message)s"))
-    err = logging.StreamHandler(sys.stderr)
+    err = ConsoleHandler("stderr")
     err.setLevel(logging.WARNING)
     err.setFormatter(logging.Formatter("avanon: %(levelname)s: %(message)s".replace("%(levelname)s", "warning")))
     root.addHandler(out)
@@ -66,6 +67,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not isinstance(sys.stdout, PipeSafe):
         sys.stdout, sys.stderr = PipeSafe(sys.stdout), PipeSafe(sys.stderr)
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # the command line, as runs record it
     setup_logging(getattr(args, "quiet", 0), getattr(args, "verbose", 0))
     from avanon.mirror import MirrorError
     from avanon.schema import RecipeError

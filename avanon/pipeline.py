@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -91,13 +92,27 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
                only: Optional[list[str]] = None, progress: bool = True, test_only: bool = False,
                anonymize_only: bool = False) -> int:
     """Write every mirror of the recipe; then, when it has a study section, train and evaluate on them. Returns the
-    command line's exit code: 0 done, 1 files failed (the study is not run on incomplete mirrors)."""
+    command line's exit code: 0 done, 1 files failed (the study is not run on incomplete mirrors). Ends with the
+    command's wall time. progress: bars on a terminal (avanon.progress; never in a log file or a CI log)."""
+    from avanon.progress import default_enabled, format_seconds, logging_above_bars
+
+    t0 = time.perf_counter()
+    with default_enabled(progress), logging_above_bars(progress):
+        code = _run_recipe(recipe, workers, shard, dry_run, only, progress, test_only, anonymize_only)
+        if code is not None:
+            log.info(f"{recipe['name']}: {'planned' if dry_run else 'finished'} in "
+                     f"{format_seconds(time.perf_counter() - t0)} (wall time)")
+    return code or 0
+
+
+def _run_recipe(recipe, workers, shard, dry_run, only, progress, test_only, anonymize_only) -> Optional[int]:
+    """run_recipe's work; None when there was nothing to do."""
     from avanon.study.config import study_enabled
     from avanon.study.runner import run_study
 
     if not recipe["anonymize"] and not study_enabled(recipe):
         log.info(f"{recipe['name']}: the recipe names no anonymize entries; nothing to do")
-        return 0
+        return None
     written = write_mirrors(recipe, workers=workers, shard=shard, dry_run=dry_run, only=only, progress=progress)
     failed = sum(s.failed + len(s.tree_failures) for _, _, s in written)
     if failed:
@@ -106,7 +121,7 @@ def run_recipe(recipe: dict, *, workers: Optional[int] = None, shard=(0, 1), dry
         return 1
     if study_enabled(recipe) and not anonymize_only and shard[1] == 1:
         run_study(recipe, [(entry, Path(job.out_dir)) for entry, job, _ in written], test_only=test_only,
-                  dry_run=dry_run)
+                  dry_run=dry_run, progress=progress)
     return 0
 
 

@@ -22,8 +22,7 @@ from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
 from PIL import Image
 
 from dataset_adapters.base import (
-    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, check_option, is_posix_child,
-    walk_files,
+    ADAPTERS, DatasetAdapter, DatasetError, ImageRecord, Instance, check_categories, check_option, walk_files,
 )
 
 MASK_SOURCES = ("instance_ids", "polygons")

@@ -15,7 +15,7 @@ PACKAGES = ("avanon", "dataset_adapters")
 # Stages in pipeline order; a module may import its own stage and earlier ones only. Modules not listed
 # (cli, pipeline, the facade) are the top and may import anything.
 LAYERS = [
-    ("avanon.registry", "avanon.schema", "avanon.cliutil"),
+    ("avanon.registry", "avanon.schema", "avanon.cliutil", "avanon.progress"),
     ("dataset_adapters",),
     ("avanon.regions",),
     ("avanon.generators", "avanon.anonymizers"),

@@ -5,7 +5,6 @@ Classes: paths that escape the dataset or the mirror; annotations that do not at
 the run; resume that trusted the disk; and smaller gaps (merge, verify, bit depth, empty selections).
 """
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -18,8 +17,8 @@ import pytest
 from PIL import Image
 
 from adapter_fixtures import (
-    BddObject, box_mask, cityscapes_polygons, coco_ann, coco_image, make_cityscapes, rle_of, write_bdd, write_coco,
-    write_cityscapes_frame, write_image, write_json,
+    BddObject, box_mask, coco_ann, coco_image, make_cityscapes, write_bdd, write_coco,
+    write_image, write_json,
 )
 from avanon.mirror import writer as mirror_mod
 from avanon.cli import main

@@ -5,8 +5,10 @@ import math
 import pytest
 
 from avanon.study.cli import regress_main as main
-from avanon.study.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, read_baseline,
-                            write_baseline)
+from pathlib import Path
+
+from avanon.study.regress import (BaselineError, DEFAULT_FLOOR, baseline_dict, compare, parse_tolerance,
+                                  read_baseline, write_baseline)
 
 SEG = ("AP", "AP_person")
 
@@ -144,3 +146,53 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is False
     assert main([str(shifted), "--baseline", str(b), "--tolerance-floor", "2"]) == 0
     assert main([str(tmp_path / "none"), "--baseline", str(b)]) == 2
+
+
+def _demo_results(tmp_path) -> Path:
+    """results.jsonl reproducing the committed demo baseline: two seeds per (region, method) at mean ± se."""
+    base = json.loads((Path(__file__).parent.parent / "benchmarks/baselines/demo.json").read_text())
+    runs: dict = {}
+    for r in base["rows"]:
+        key = (r["region"], r["method"])
+        for i, sign in enumerate((1, -1)):
+            runs.setdefault((key, i), {"dataset": r["dataset"], "task": r["task"], "model": r["model"],
+                                       "depth": r["depth"], "region": r["region"], "method": r["method"],
+                                       "variant": r["variant"], "seed": i, "metrics": {}})
+            runs[(key, i)]["metrics"][r["metric"]] = r["mean"] + sign * r["se"]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(v) + "\n" for v in runs.values()))
+    return path
+
+
+def test_demo_gate_is_tight_enough_to_catch_a_halved_effect(tmp_path):
+    """The demo is deterministic on CPU, so its baseline records an absolute tolerance (0.5 AP points): the run
+    that made it passes, and a baseline whose body-blur Δ is halved fails; the standard-error rule it replaced
+    would have passed that too."""
+    demo = Path(__file__).parent.parent / "benchmarks/baselines/demo.json"
+    results = _demo_results(tmp_path)
+    assert compare(results, demo).ok
+    halved = json.loads(demo.read_text())
+    assert halved["tolerance"] == {"mode": "absolute", "value": 0.5}
+    for r in halved["rows"]:
+        if (r["region"], r["method"], r["metric"]) == ("body", "blur", "AP_person"):
+            r["delta"] /= 2
+    report = compare(results, halved)
+    assert not report.ok
+    assert list(report.failed["metric"]) == ["AP_person"] and list(report.failed["method"]) == ["blur"]
+    assert "deterministic baseline" in report.format()
+    assert compare(results, halved, tolerance={"mode": "se"}).ok  # the old gate: too wide to notice
+
+
+def test_tolerance_option_and_recorded_mode(tmp_path):
+    rows = (run("none", "original", [(30.0, 1.0), (31.0, 2.0)]) + run("body", "blur", [(20.0, 1.0), (21.0, 1.5)]))
+    res = write(tmp_path, "r.jsonl", rows)
+    b = tmp_path / "b.json"
+    assert main([str(res), "--baseline", str(b), "--write-baseline", "--tolerance", "0.25"]) == 0
+    assert json.loads(b.read_text())["tolerance"] == {"mode": "absolute", "value": 0.25}
+    assert main([str(res), "--baseline", str(b)]) == 0
+    with pytest.raises(ValueError, match="--tolerance"):
+        parse_tolerance("tight")
+    bad = json.loads(b.read_text())
+    bad["tolerance"] = {"mode": "absolute", "value": -1}
+    with pytest.raises(BaselineError, match="tolerance"):
+        read_baseline(bad)

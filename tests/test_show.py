@@ -77,3 +77,10 @@ def test_show_errors(tmp_path, mirrors, capsys):
     assert "not a mirror" in capsys.readouterr().err
     with pytest.raises(ShowError, match="mirrors below it"):
         load_mirror(mirrors[0].parent.parent)
+
+
+def test_show_points_one_level_down_and_titles_carry_parameters(mirrors):
+    with pytest.raises(ShowError, match="mirrors below it: .*" + mirrors[0].name):
+        load_mirror(mirrors[0].parent)
+    titles = [load_mirror(m).title for m in mirrors]
+    assert len(set(titles)) == len(titles) and all("=" in t for t in titles), titles

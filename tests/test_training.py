@@ -443,3 +443,24 @@ def test_mmdet_trains_when_installed(root, tmp_path):
     cfg["model"]["options"] = {}
     summary = TRAINERS.get("mmdet")(cfg, tmp_path / "mm")
     assert summary["trainer"] == "mmdet" and (tmp_path / "mm" / "last_checkpoint").is_file()
+
+
+def test_avanon_train_cli_config_resume_and_test_only(root, tmp_path, capsys):
+    """`avanon train` as the README documents it: --config and --out, --set, then --resume and --test-only."""
+    from avanon.cli import main
+
+    cfg_path = tmp_path / "run.json"
+    cfg_path.write_text(json.dumps(tiny_config(root, iterations=2, steps=[])))
+    out = tmp_path / "x"
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "--set", "checkpoint_period=1"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["iterations"] == 2 and (out / "model_final.pth").is_file()
+    assert log_records(out)[0]["argv"][-4:] == ["--out", str(out), "--set", "checkpoint_period=1"]
+    # resuming a finished run trains nothing more; --test-only predicts from model_final.pth without training
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "--set", "checkpoint_period=1",
+                 "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trained_iterations"] == 0
+    assert main(["train", "--config", str(cfg_path), "--out", str(out), "--set", "checkpoint_period=1",
+                 "--test-only"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(tmp_path / "missing.json"), "--out", str(out)]) == 2

@@ -27,6 +27,7 @@ def add_commands(sub) -> None:
                    "keypoints but who get no face region from this provider (file, keypoints, detector, union)")
     i.add_argument("--face-param", action="append", metavar="KEY=VALUE",
                    help="face provider parameter, e.g. file=face_boxes_train.json, min_face_size=20")
+    i.add_argument("--no-progress", action="store_true", help="no progress bar")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("verify", help="audit a mirror against its source")
@@ -34,6 +35,7 @@ def add_commands(sub) -> None:
     v.add_argument("--source", help="source dataset root, if it moved since the mirror was made")
     v.add_argument("--sample", type=positive_int, help="check a random sample of N images only")
     v.add_argument("--json", help="write the report as JSON here")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_verify)
 
     m = sub.add_parser("merge", help="merge the shard manifests of a mirror written with --shard")
@@ -70,12 +72,12 @@ def cmd_inspect(args) -> int:
             provider = build_keypoint_provider(args.keypoints, kv_list(args.keypoints_param, "--keypoints-param"),
                                                Path(args.root), split=args.split,
                                                target_categories=adapter.target_categories)
-            stats = collect_stats(adapter, selector, args.dataset, provider, faces)
+            stats = collect_stats(adapter, selector, args.dataset, provider, faces, progress=not args.no_progress)
         except KeypointConfigError as exc:
             print(f"avanon: error: {exc}", file=sys.stderr)
             return 2
     else:
-        stats = collect_stats(adapter, selector, args.dataset, face_selector=faces)
+        stats = collect_stats(adapter, selector, args.dataset, face_selector=faces, progress=not args.no_progress)
     d = stats.to_dict()
     print(format_stats(d))
     plot = Path(args.plot or f"inspect_{args.dataset}_{args.split}.png")
@@ -90,7 +92,7 @@ def cmd_verify(args) -> int:
     from avanon.mirror.verify import VerifyError, verify_mirror
 
     try:
-        report = verify_mirror(args.mirror, args.source, args.sample)
+        report = verify_mirror(args.mirror, args.source, args.sample, progress=not args.no_progress)
     except VerifyError as exc:
         print(f"avanon: error: {exc}", file=sys.stderr)
         return 2

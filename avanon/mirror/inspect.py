@@ -13,6 +13,8 @@ from typing import Optional
 
 import numpy as np
 
+from avanon.progress import progress as progress_bar
+
 SIZE_THRESHOLDS = (8, 16, 32)
 
 
@@ -72,11 +74,12 @@ class DatasetStats:
         return out
 
 
-def collect_stats(adapter, selector, name: str, keypoint_provider=None, face_selector=None) -> DatasetStats:
+def collect_stats(adapter, selector, name: str, keypoint_provider=None, face_selector=None,
+                  progress: bool = False) -> DatasetStats:
     """One pass over the split. `selector` is a body region selector with the recipe's filters; with a
     `keypoint_provider` (avanon.regions.keypoints) its keypoints are applied before selection and counted too; with
     a `face_selector` the face audit is counted: persons whose head is visible by its own keypoints but who get no
-    face region from that provider."""
+    face region from that provider. progress: a bar over the images on a terminal."""
     stats = DatasetStats(dataset=name, split=adapter.split)
     if face_selector is not None:
         stats.face_provider = face_selector.params.provider
@@ -84,7 +87,7 @@ def collect_stats(adapter, selector, name: str, keypoint_provider=None, face_sel
         stats.keypoint_provider = keypoint_provider.name
     stats.problems.extend(adapter.dataset_problems())
     targets = set(getattr(selector, "target_categories", ()) or adapter.target_categories)
-    for record in adapter.images():
+    for record in progress_bar(adapter.images(), f"inspect {name}", progress, total=len(adapter), unit="img"):
         stats.images += 1
         if not (adapter.root / record.file_name).is_file():
             stats.images_missing += 1

@@ -41,8 +41,12 @@ class Mirror:
 
     @property
     def title(self) -> str:
+        """Region, method and its parameters (blur sigma=7, pixelate size=16): two mirrors of one method differ."""
         settings = self.run.get("settings", {})
-        return f"{settings.get('region', '?')} {settings.get('method', '?')}"
+        params = settings.get("method_params") or {}
+        shown = " ".join(f"{k}={v}" for k, v in sorted(params.items())
+                         if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in ("device", "batch"))
+        return f"{settings.get('region', '?')} {settings.get('method', '?')} {shown}".strip()
 
     def anonymized(self) -> set[str]:
         return {f for f, line in self.lines.items() if line.get("status") == "anonymized"}
@@ -55,7 +59,8 @@ def load_mirror(path: str | Path) -> Mirror:
     run_path = path / RUN_FILE
     if not run_path.is_file():
         hint = ""
-        found = sorted(p.parent for p in path.glob(f"*/*/{RUN_FILE}")) if path.is_dir() else []
+        found = sorted({p.parent for pattern in (f"*/{RUN_FILE}", f"*/*/{RUN_FILE}") for p in path.glob(pattern)}
+                       if path.is_dir() else [])
         if found:
             hint = f" (mirrors below it: {', '.join(str(p) for p in found[:5])})"
         raise ShowError(f"{path} is not a mirror: no {RUN_FILE}{hint}")

@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from avanon.progress import progress as progress_bar
 from dataset_adapters import build_adapter
 from avanon.anonymizers.strength import detail_kept, summarize_detail
 from avanon.mirror.imageio import IMAGE_SUFFIXES, ImageReadError, header_frame, read_image, sha256_file
@@ -86,7 +87,8 @@ def job_from_run(run: dict, mirror: Path, source_root: Optional[Path]) -> Mirror
 
 
 def verify_mirror(mirror: str | Path, source_root: Optional[str | Path] = None, sample: Optional[int] = None,
-                  seed: int = 0) -> VerifyReport:
+                  seed: int = 0, progress: bool = False) -> VerifyReport:
+    """Audit `mirror` against its source (module docstring). progress: a bar over the images on a terminal."""
     mirror = Path(mirror)
     run = load_run(mirror)
     ds = run.get("dataset")
@@ -103,7 +105,7 @@ def verify_mirror(mirror: str | Path, source_root: Optional[str | Path] = None, 
     checked = records
     if sample is not None and sample < len(records):
         checked = random.Random(seed).sample(records, sample)
-    for record in checked:
+    for record in progress_bar(checked, f"verify {mirror.name}", progress, unit="img"):
         _check_image(job, record, manifest.get(record.file_name), mirror, root, report)
     record_files = {r.file_name for r in records}
     record_dirs = {str(PurePosixPath(f).parent) for f in record_files}

@@ -554,6 +554,7 @@ class _NullFile:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    """A bar on a terminal; nothing under --no-progress or when stderr is a file or a CI log (avanon.progress)."""
+    from avanon.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
+    return progress(total, desc, enabled, unit="img")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from avanon.study.regress import (
-    DEFAULT_FLOOR, DEFAULT_K, BaselineError, compare, read_baseline, write_baseline,
+    DEFAULT_FLOOR, DEFAULT_K, BaselineError, compare, parse_tolerance, read_baseline, write_baseline,
 )
 from avanon.study.report import ReportWarning, ResultsError, write_report
 
@@ -32,7 +32,7 @@ def add_commands(sub) -> None:
 def cmd_train(args) -> int:
     from avanon.study.training.cli import cmd_train as train_run
 
-    return train_run(args, sys.argv[1:])
+    return train_run(args, ["avanon", *getattr(args, "argv", sys.argv[1:])])
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -76,6 +76,10 @@ def add_regress_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser
                    help=f"smallest tolerance on a Δ, in AP points (default {DEFAULT_FLOOR}: 2-seed CPU demo noise)")
     p.add_argument("--k", type=float, default=DEFAULT_K,
                    help=f"tolerance in standard errors of the Δ difference (default {DEFAULT_K:g})")
+    p.add_argument("--tolerance", default="baseline", metavar="baseline|se|X",
+                   help="baseline (default): the rule the baseline file records; se: the standard-error rule; X: an "
+                        "absolute tolerance in AP points (with --write-baseline: recorded in the file, for "
+                        "deterministic runs such as the CPU demo)")
     p.add_argument("--write-baseline", action="store_true",
                    help="write the baseline FILE from RESULTS instead of comparing (exit 0)")
     p.add_argument("--json", help="also write the comparison as JSON here")
@@ -87,11 +91,13 @@ def cmd_regress(args) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ReportWarning)
+            tolerance = parse_tolerance(args.tolerance)
             if args.write_baseline:
-                path = write_baseline(args.results, args.baseline)
+                path = write_baseline(args.results, args.baseline, tolerance)
                 report = None
             else:
-                report = compare(args.results, args.baseline, k=args.k, floor=args.tolerance_floor)
+                report = compare(args.results, args.baseline, k=args.k, floor=args.tolerance_floor,
+                                 tolerance=tolerance)
     except (ResultsError, BaselineError, ValueError) as e:
         print(f"avanon regress: {e}", file=sys.stderr)
         return 2

@@ -22,6 +22,13 @@ trains 2 seeds on CPU, and a 2-seed standard error rests on one degree of freedo
 chance (and is exactly 0 for a single seed); without a floor k·se would flag seed noise as a regression.
 Raise it for noisier set-ups, lower it (even to 0) for real 3-seed benchmarks. Both are parameters.
 
+Deterministic baselines. A run that reproduces to the printed digit (the CPU demo: same code, same machine kind,
+deterministic training) deserves a tight gate, not the standard-error band: its baseline records
+``"tolerance": {"mode": "absolute", "value": 0.5}`` (``--write-baseline --tolerance 0.5``), and then every row's
+tolerance is that value, so halving an anonymization's effect fails. ``--tolerance se`` forces the standard-error
+rule, ``--tolerance X`` an absolute X; the default follows the baseline file. Use the standard-error rule for
+real studies on GPUs (not bit-reproducible: mean ± SE over seeds is the unit of comparison).
+
 Rows in the baseline but not in the results fail (MISSING), as do rows whose Δ cannot be computed (no Original
 in the results: N/A). Rows in the results but not in the baseline are reported (EXTRA) and pass.
 
@@ -89,7 +96,23 @@ def _num(x, digits: int = 6) -> Optional[float]:
     return round(float(x), digits)
 
 
-def baseline_dict(results, source: str = "") -> dict:
+def parse_tolerance(text) -> Optional[dict]:
+    """`--tolerance`: None (follow the baseline file), "se" (the standard-error rule) or an absolute number of AP
+    points as {"mode": "absolute", "value": X}."""
+    if text is None or text == "baseline":
+        return None
+    if text == "se":
+        return {"mode": "se"}
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"--tolerance must be 'se', 'baseline' or a number of AP points, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"--tolerance must be a number >= 0, got {text!r}")
+    return {"mode": "absolute", "value": value}
+
+
+def baseline_dict(results, source: str = "", tolerance: Optional[dict] = None) -> dict:
     """The baseline of ``results`` as a dict (see the module docstring). Raises BaselineError when a Δ is n/a."""
     s = _summary(results)
     if s.empty:
@@ -110,10 +133,11 @@ def baseline_dict(results, source: str = "") -> dict:
             "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "source": source,
             "delta": "mean(method) - mean(original of the same dataset/task/model/depth/variant), over seeds",
+            **({"tolerance": tolerance} if tolerance and tolerance.get("mode") == "absolute" else {}),
             "rows": rows}
 
 
-def write_baseline(results, path: PathLike) -> Path:
+def write_baseline(results, path: PathLike, tolerance: Optional[dict] = None) -> Path:
     """Write the baseline JSON of ``results`` (run dir, .jsonl, or a load_results/summarize frame) to ``path``.
 
     Atomic (temp file + rename). Raises BaselineError when a Δ cannot be computed (no Original).
@@ -121,7 +145,7 @@ def write_baseline(results, path: PathLike) -> Path:
     source = ""
     if not isinstance(results, pd.DataFrame):
         source = str(results_path(results))
-    data = baseline_dict(results, source)
+    data = baseline_dict(results, source, tolerance)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -158,6 +182,12 @@ def read_baseline(baseline) -> dict:
     if data.get("version") != BASELINE_VERSION:
         raise BaselineError(f"{where}: baseline version {data.get('version')!r}; this avanon reads "
                             f"{BASELINE_VERSION}")
+    tol = data.get("tolerance")
+    if tol is not None and not (isinstance(tol, dict) and tol.get("mode") == "absolute"
+                                and isinstance(tol.get("value"), (int, float)) and not isinstance(tol["value"], bool)
+                                and math.isfinite(tol["value"]) and tol["value"] >= 0):
+        raise BaselineError(f"{where}: \"tolerance\" must be {{\"mode\": \"absolute\", \"value\": X >= 0}}, "
+                            f"got {tol!r}")
     rows = data.get("rows")
     if not isinstance(rows, list):
         raise BaselineError(f"{where}: \"rows\" must be a list")
@@ -201,6 +231,7 @@ class RegressReport:
     results: str = ""
     baseline: str = ""
     warnings: list = field(default_factory=list)
+    absolute: Optional[float] = None  # the absolute tolerance of a deterministic baseline, else the SE rule
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -257,19 +288,24 @@ class RegressReport:
         n_extra = int((self.table["status"] == "EXTRA").sum())
         verdict = "PASS" if self.ok else "FAIL"
         out += ["", f"regress: {verdict}: {len(self.table) - n_extra} baseline rows checked, {len(failed)} failed, "
-                    f"{n_extra} extra (tolerance = max({self.floor:g}, {self.k:g}·sqrt(se_now² + se_base²)) "
-                    f"on Δ vs Original)"]
+                    f"{n_extra} extra (tolerance = "
+                    + (f"{self.absolute:g} AP points, a deterministic baseline" if self.absolute is not None else
+                       f"max({self.floor:g}, {self.k:g}·sqrt(se_now² + se_base²))") + " on Δ vs Original)"]
         return "\n".join(out)
 
     __str__ = format
 
 
-def compare(results, baseline, k: float = DEFAULT_K, floor: float = DEFAULT_FLOOR) -> RegressReport:
+def compare(results, baseline, k: float = DEFAULT_K, floor: float = DEFAULT_FLOOR,
+            tolerance: Optional[dict] = None) -> RegressReport:
     """Compare the Δs of ``results`` (run dir, .jsonl, or a load_results/summarize frame) with ``baseline``
-    (path or dict from :func:`write_baseline`). See the module docstring for the rule."""
+    (path or dict from :func:`write_baseline`). See the module docstring for the rule. ``tolerance``: None
+    follows the baseline file; {"mode": "se"} or {"mode": "absolute", "value": X} override it."""
     if k < 0 or floor < 0:
         raise ValueError(f"k ({k}) and floor ({floor}) must be >= 0")
     base = read_baseline(baseline)
+    rule = tolerance or base.get("tolerance") or {"mode": "se"}
+    absolute = rule["value"] if rule["mode"] == "absolute" else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ReportWarning)
         now = _summary(results)
@@ -296,7 +332,7 @@ def compare(results, baseline, k: float = DEFAULT_K, floor: float = DEFAULT_FLOO
         else:
             d_now, se_now = float(r["delta"]), float(r["delta_se"])
             diff = d_now - row["delta_base"]
-            tol = max(floor, k * math.hypot(se_now, row["se_base"]))
+            tol = absolute if absolute is not None else max(floor, k * math.hypot(se_now, row["se_base"]))
             bad = abs(diff) > tol + _EPS
             row.update(delta_now=d_now, se_now=se_now, n_now=int(r["n"]), diff=diff, tolerance=tol,
                        status="FAIL" if bad else "pass", failed=bad,
@@ -317,4 +353,5 @@ def compare(results, baseline, k: float = DEFAULT_K, floor: float = DEFAULT_FLOO
     table["n_now"] = table["n_now"].astype("Int64")
     src = "" if isinstance(results, pd.DataFrame) else str(results)
     return RegressReport(table=table, k=float(k), floor=float(floor), results=src,
-                         baseline="" if isinstance(baseline, dict) else str(baseline), warnings=notes)
+                         baseline="" if isinstance(baseline, dict) else str(baseline), warnings=notes,
+                         absolute=absolute)

@@ -29,6 +29,9 @@ STUDY_SCHEMA = {
     "mirrors": Field(is_list, default=[], schema=_STRINGS, doc="names of the anonymize entries to train on; empty: all"),
     "config": Field(is_dict, default={}, doc="the avanon.study.training.engine config (model, solver, data...), "
                     "merged over its defaults"),
+    "keep_checkpoints": Field(is_type(bool, "true or false"), default=False,
+                              doc="keep each finished run's resume checkpoint (checkpoint.pth, about 3x the size "
+                              "of model_final.pth); false: delete it once the run's result is in results.jsonl"),
 }
 
 

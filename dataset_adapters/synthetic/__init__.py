@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
+from avanon.progress import progress as progress_bar
 from dataset_adapters.base import (  # noqa: F401  (COCO_KEYPOINT_NAMES: re-exported)
     ADAPTERS, COCO_KEYPOINT_NAMES, DatasetAdapter, DatasetError, ImageRecord, check_option,
 )
@@ -46,6 +48,8 @@ FORMATS = ("coco", "cityscapes", "bdd100k")
 DEFAULT_IMAGE_SIZES = {"cityscapes": (256, 512), "coco": (240, 320), "bdd100k": (288, 512)}  # (height, width)
 DEFAULT_SPLITS = {"train": 24, "val": 8}
 MARKER = "avanon_synthetic.json"
+
+log = logging.getLogger("avanon.synthetic")
 
 
 # --------------------------------------------------------------------------------------------- drawing helpers
@@ -107,7 +111,7 @@ def read_params(root: str | Path) -> Optional[dict]:
 
 def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: int = 0,
              image_size: Optional[tuple[int, int]] = None,
-             person_heights: Optional[tuple[float, float]] = None) -> Path:
+             person_heights: Optional[tuple[float, float]] = None, progress: Optional[bool] = None) -> Path:
     """Write a synthetic dataset in format `fmt` at `root` and return `root`.
 
     splits: {split name: number of images} (default {"train": 24, "val": 8}); image_size: (height, width), default
@@ -116,7 +120,8 @@ def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: in
     resolution still shows their detail). The tree is written into a temporary sibling directory and renamed into place
     with the marker `avanon_synthetic.json` written last, so an interrupted run never looks complete. If `root`
     already holds a dataset with the same parameters it is left as it is; with other parameters, or any other
-    content, DatasetError is raised."""
+    content, DatasetError is raised. progress: a bar over the images on a terminal (None: avanon.progress's
+    default, which `avanon run --no-progress` turns off); a log line says what is generated either way."""
     params = generation_params(fmt, splits, seed, image_size, person_heights)
     root = Path(root)
     if _existing_matches(root, params):
@@ -128,8 +133,13 @@ def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: in
         writer = _WRITERS[fmt](tmp, params["seed"])
         h, w = params["image_size"]
         heights = params.get("person_heights")
-        for split, n in params["splits"].items():
-            writer.split(split, (scene_for(params["seed"], split, i, (h, w), heights) for i in range(n)))
+        total = sum(params["splits"].values())
+        log.info(f"synthetic: generating {total} {fmt} images ("
+                 + ", ".join(f"{split} {n}" for split, n in params["splits"].items()) + f") at {root}")
+        with progress_bar(total, "synthetic data", progress, unit="img") as bar:
+            for split, n in params["splits"].items():
+                writer.split(split, _counted((scene_for(params["seed"], split, i, (h, w), heights)
+                                              for i in range(n)), bar))
         _write_json(tmp / MARKER, params, indent=2)
         try:
             if root.is_dir() and not any(root.iterdir()):
@@ -144,6 +154,12 @@ def generate(root: str | Path, fmt: str, splits: Optional[dict] = None, seed: in
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _counted(items, bar):
+    for item in items:
+        yield item
+        bar.update(1)
 
 
 def _existing_matches(root: Path, params: dict) -> bool:

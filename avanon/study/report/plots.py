@@ -68,6 +68,7 @@ def plot_delta(summary: pd.DataFrame, display: dict, path: PathLike) -> Path:
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(x, metrics)
         ax.set_ylabel("Δ vs Original (AP points)")
+        ax.set_xlabel("error bars: ± standard error of Δ over the training seeds", fontsize=7)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -321,7 +321,8 @@ def _markdown(source: str, summary: pd.DataFrame, wide: pd.DataFrame, display: d
            "Mean ± standard error over training seeds (n seeds), evaluated on the original validation split. "
            "Δ in parentheses = mean(anonymized) − mean(Original of the same dataset, task, model, depth and "
            f"variant). **Bold**: best anonymized value of a metric within its region group. `± {DASH}`: one seed "
-           "(no standard error)."]
+           "(no standard error). `delta.png` draws each Δ as a bar with error bars ± se(Δ) = "
+           "sqrt(se(anonymized)² + se(Original)²)."]
     for tkey, part in wide.groupby(TABLE, sort=False):
         t = dict(zip(TABLE, tkey))
         metrics = display.get(tkey, [])

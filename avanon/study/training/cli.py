@@ -26,11 +26,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m avanon.study.training",
                                 description="Train Mask R-CNN / Keypoint R-CNN on a (mirrored) dataset.")
     args = add_train_arguments(p).parse_args(argv)
-    return cmd_train(args, argv)
+    return cmd_train(args, [sys.executable, "-m", "avanon.study.training",
+                            *(argv if argv is not None else sys.argv[1:])])
 
 
-def cmd_train(args, argv: Optional[list[str]] = None) -> int:
-    """One run from parsed arguments; argv is what is recorded as the run's command line."""
+def cmd_train(args, command: list[str]) -> int:
+    """One run from parsed arguments; `command` is what is recorded as the run's command line."""
     from dataset_adapters import DatasetError
     from avanon.study.training.models import InitWeightsError
     from avanon.study.training.trainers import TRAINERS, TrainerUnavailable
@@ -38,8 +39,7 @@ def cmd_train(args, argv: Optional[list[str]] = None) -> int:
     try:
         cfg = load_config_file(args.config, args.set)
         summary = TRAINERS.get(args.trainer)(cfg, args.out, resume=args.resume, test_only=args.test_only,
-                                             argv=[sys.executable, "-m", "avanon.study.training",
-                                                   *(argv if argv is not None else sys.argv[1:])])
+                                             argv=command)
     except (ConfigError, InitWeightsError, TrainerUnavailable, DatasetError, FileNotFoundError, KeyError) as e:
         print(f"avanon.study.training: error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ A run is one resolved config, written to ``OUT/config.json`` before anything els
 
     OUT/config.json        the exact resolved config (resume refuses a different one)
     OUT/log.jsonl          one JSON object per line: a "start" event (command line, versions, world size, classes),
-                           training records every ``log_period`` iterations (loss components, lr, s/it, img/s, eta),
+                           training records every ``log_period`` iterations (loss components, lr, s/it, img/s, eta
+                           from the window's s/it, eta_smoothed_s from a moving average, elapsed_s),
                            checkpoint and "end" events
     OUT/checkpoint.pth     model, optimizer, lr scheduler, AMP scaler, iteration, config, RNG states of every rank;
                            written atomically every ``checkpoint_period`` iterations and at the end
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from avanon.progress import SmoothedRate, format_seconds, progress as progress_bar
 from avanon.study.training import data as tdata
 from avanon.study.training.config import (  # noqa: F401  (re-exported: the engine's config API)
     AMP_MODES, CHECKPOINT, CONFIG, DEFAULT_CONFIG, LOG, MODEL_FINAL, RUNTIME_KEYS, ConfigError, config_diff,
@@ -310,9 +312,10 @@ def outputs_to_coco(output: dict, image_id: int, label_to_category: Optional[dic
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset, *, device: Optional[torch.device | str] = None, batch_size: int = 1,
-            workers: int = 0, amp: str = "none") -> list[dict]:
+            workers: int = 0, amp: str = "none", progress: bool = False) -> list[dict]:
     """COCO result dicts for every image of `dataset` (a DetectionDataset, or any dataset of (image, target) with
-    target["image_id"]). Under DDP each process predicts a shard and every process gets all results."""
+    target["image_id"]). Under DDP each process predicts a shard and every process gets all results. progress: a
+    bar over the images on a terminal (avanon.progress)."""
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -325,12 +328,15 @@ def predict(model: torch.nn.Module, dataset, *, device: Optional[torch.device | 
                         num_workers=workers, collate_fn=tdata.collate)
     l2c = _label_to_category(dataset) if hasattr(dataset, "thing_classes") else None
     results: list[dict] = []
+    bar = progress_bar(len(indices), "predict", progress, unit="img")
     for images, targets in loader:
         with _autocast(amp if device.type == "cuda" or amp == "bf16" else "none", device):
             outputs = net([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
             out = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
             results += outputs_to_coco(out, tgt["image_id"], l2c)
+        bar.update(len(images))
+    bar.close()
     net.train(was_training)
     if world > 1:
         results = [r for part in _all_gather(results) for r in part]
@@ -374,8 +380,10 @@ def _load_weights_for_test(model: torch.nn.Module, out_dir: Path) -> str:
 
 
 def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only: bool = False,
-          argv: Optional[list[str]] = None) -> dict:
+          argv: Optional[list[str]] = None, progress: bool = False) -> dict:
     """Train (or with test_only only predict) one run; returns a summary dict (also the "end" log record).
+    progress: bars over the iterations and the predicted images on a terminal (avanon.progress); the log lines
+    every log_period iterations are written either way.
 
     resume: continue from OUT/checkpoint.pth (model, optimizer, scheduler, scaler, iteration, RNG states), or start
     at iteration 0 when there is none yet (so a preemptible job can always pass it); the config must equal
@@ -443,12 +451,14 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
     if test_only:
         summary["weights"] = _load_weights_for_test(model, out_dir)
     else:
-        summary.update(_train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, rank, world))
+        summary.update(_train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, rank, world,
+                                   progress and main_process))
         model = summary.pop("_model")
     if val_ds is not None and (test_only or cfg["eval_after_train"]):
         t0 = time.perf_counter()
+        logger.info("predicting and evaluating on %d %s images", len(val_ds), cfg["data"]["val_split"])
         results = predict(model, val_ds, device=device, batch_size=cfg["test_batch_size"],
-                          workers=min(cfg["data"]["workers"], 2), amp=solver["amp"])
+                          workers=min(cfg["data"]["workers"], 2), amp=solver["amp"], progress=progress and main_process)
         path = out_dir / f"predictions_{cfg['data']['val_split']}.json"
         if main_process:
             write_predictions(results, path)
@@ -466,7 +476,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
     return summary
 
 
-def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, rank, world) -> dict:
+def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, rank, world, progress=False) -> dict:
     main_process = rank == 0
     optimizer, scheduler = build_optimizer(model, solver)
     scaler = torch.amp.GradScaler("cuda", enabled=solver["amp"] == "fp16")
@@ -511,6 +521,9 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
     n_window, t_window, data_window = 0, 0.0, 0.0
     t_start = time.perf_counter()
     it = start_iter
+    rate = SmoothedRate(beta=0.99)  # the ETA: s/it smoothed over ~100 iterations, not the last window's
+    bar = progress_bar(total, f"train {out_dir.parent.name}/{out_dir.name}", progress, initial=start_iter,
+                       smoothing=0.05)
     data_iter = iter(loader) if start_iter < total else None
     while it < total:
         t0 = time.perf_counter()
@@ -536,6 +549,8 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
         scaler.update()
         scheduler.step()
         it += 1
+        rate.update(time.perf_counter() - t0)
+        bar.update(1)
         for k, v in loss_dict.items():
             window[k] = window.get(k, 0.0) + float(v.detach())
         window["loss"] = window.get("loss", 0.0) + float(loss.detach())
@@ -549,16 +564,20 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
             s_it = t_window / n_window
             rec = {"iteration": it, "lr": lr, **{k: round(v, 5) for k, v in means.items()},
                    "s_per_iter": round(s_it, 4), "data_s": round(data_window / n_window, 4),
-                   "img_per_s": round(solver["batch_size"] / s_it, 3), "eta_s": round(s_it * (total - it), 1)}
+                   "img_per_s": round(solver["batch_size"] / s_it, 3), "eta_s": round(s_it * (total - it), 1),
+                   "eta_smoothed_s": round(rate.eta(total - it), 1),
+                   "elapsed_s": round(time.perf_counter() - t_start, 1)}
             jlog.write(rec)
+            bar.set_postfix_str(f"loss {means['loss']:.3f}", refresh=False)
             logger.info("it %d/%d  loss %.4f (%s)  lr %.5f  %.3f s/it  %.2f img/s  eta %s", it, total,
                         means["loss"], " ".join(f"{k[5:] if k.startswith('loss_') else k} {v:.3f}"
                                                 for k, v in means.items() if k != "loss"),
-                        lr, s_it, rec["img_per_s"], datetime.timedelta(seconds=int(rec["eta_s"])))
+                        lr, s_it, rec["img_per_s"], format_seconds(rec["eta_smoothed_s"]))
             window, n_window, t_window, data_window = {}, 0, 0.0, 0.0
         if it % cfg["checkpoint_period"] == 0 and it < total:
             save(it)
     train_seconds = time.perf_counter() - t_start
+    bar.close()
     del data_iter, loader
     if start_iter < total or not ckpt_path.is_file():
         save(it)

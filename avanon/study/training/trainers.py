@@ -1,4 +1,5 @@
-"""Training backends by the names recipes use: TRAINERS.get(name)(config, out_dir, resume=..., test_only=...).
+"""Training backends by the names recipes use: TRAINERS.get(name)(config, out_dir, resume=..., test_only=...
+[, progress=...]; the study runner passes progress to a trainer that accepts it).
 
 - "torchvision" (default): avanon.study.training.engine.train.
 - "mmdet" (optional): the same Mask R-CNN run as an MMDetection 3.x config (avanon.study.training.mmdet_config), run by
@@ -32,10 +33,10 @@ class TrainerUnavailable(RuntimeError):
 
 @TRAINERS.register("torchvision")
 def torchvision_trainer(config: dict, out_dir: str | Path, *, resume: bool = False, test_only: bool = False,
-                        argv: Optional[list[str]] = None) -> dict:
+                        argv: Optional[list[str]] = None, progress: bool = False) -> dict:
     from avanon.study.training.engine import train
 
-    return train(config, out_dir, resume=resume, test_only=test_only, argv=argv)
+    return train(config, out_dir, resume=resume, test_only=test_only, argv=argv, progress=progress)
 
 
 def check_mmdet() -> None:
@@ -74,9 +75,9 @@ def prepare_mmdet_run(config: dict, out_dir: str | Path, num_gpus: int = 1) -> P
 
 @TRAINERS.register("mmdet")
 def mmdet_trainer(config: dict, out_dir: str | Path, *, resume: bool = False, test_only: bool = False,
-                  argv: Optional[list[str]] = None) -> dict:
+                  argv: Optional[list[str]] = None, progress: bool = False) -> dict:
     """Train (or test) with MMDetection's Runner on the generated config. Under torchrun the Runner is launched
-    with launcher="pytorch"."""
+    with launcher="pytorch". progress: unused (mmengine logs its own lines)."""
     check_mmdet()
     from mmengine.config import Config
     from mmengine.runner import Runner
