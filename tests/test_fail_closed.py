@@ -594,3 +594,20 @@ def test_synthetic_module_runs_as_a_script(tmp_path):
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "syn" / "avanon_synthetic.json").is_file()
+
+
+def test_a_stray_image_in_a_new_folder_of_the_split_is_left_out(dirs, capsys):
+    """An image below the split's image root that no annotation names (here a folder of its own, with no record
+    beside it) was never checked for people: it is not copied, and verify finds it if it appears."""
+    src, out = dirs
+    make_cityscapes(src)
+    stray = src / "leftImg8bit/train/newcity/person.jpg"
+    write_image(stray, seed=5)
+    code, text = anonymize("cityscapes", src, out, capsys)
+    assert code == 0 and "have no annotation and were left out" in text, text
+    mirror = mirror_of(out, "cityscapes")
+    assert not (mirror / "leftImg8bit/train/newcity/person.jpg").exists()
+    assert verify_mirror(mirror).clean
+    (mirror / "leftImg8bit/train/newcity").mkdir(parents=True)
+    (mirror / "leftImg8bit/train/newcity/person.jpg").write_bytes(stray.read_bytes())
+    assert any("never checked for people" in e for e in verify_mirror(mirror).errors)

@@ -173,3 +173,27 @@ def make_jobs(recipe: dict, adapter, only: Optional[list[str]] = None) -> list[t
         )
         out.append((entry, job))
     return out
+
+
+def split_image_rule(record_files):
+    """Which other image files of the tree belong to the split's image folders and so were never checked for people
+    (left out of the mirror unless output.copy_unannotated): an image in a folder that holds records, or anywhere
+    below the deepest folder that holds all of the split's records (a new city folder, a subfolder of train2017)."""
+    from avanon.mirror.imageio import IMAGE_SUFFIXES
+    from pathlib import PurePosixPath
+
+    dirs = {str(PurePosixPath(f).parent) for f in record_files}
+    parts = [PurePosixPath(d).parts for d in dirs]
+    common = []
+    for level in zip(*parts) if parts else ():
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    root = "/".join(common)
+
+    def in_split(rel: str) -> bool:
+        p = PurePosixPath(rel)
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            return False
+        return str(p.parent) in dirs or (bool(root) and rel.startswith(root + "/"))
+    return in_split

@@ -24,9 +24,9 @@ import numpy as np
 from avanon.progress import progress as progress_bar
 from dataset_adapters import build_adapter
 from avanon.anonymizers.strength import detail_kept, summarize_detail
-from avanon.mirror.imageio import IMAGE_SUFFIXES, ImageReadError, header_frame, read_image, sha256_file
+from avanon.mirror.imageio import ImageReadError, header_frame, read_image, sha256_file
 from avanon.mirror.manifest import RUN_FILE, read_manifest
-from avanon.mirror.plan import MirrorJob, image_seed, region_identity
+from avanon.mirror.plan import MirrorJob, image_seed, region_identity, split_image_rule
 from avanon.mirror.writer import _tools
 
 META_FILES = {RUN_FILE, "manifest.jsonl", "summary.json"}
@@ -108,15 +108,15 @@ def verify_mirror(mirror: str | Path, source_root: Optional[str | Path] = None, 
     for record in progress_bar(checked, f"verify {mirror.name}", progress, unit="img"):
         _check_image(job, record, manifest.get(record.file_name), mirror, root, report)
     record_files = {r.file_name for r in records}
-    record_dirs = {str(PurePosixPath(f).parent) for f in record_files}
+    in_split = split_image_rule(record_files)
     copy_unannotated = bool(run.get("copy_unannotated", False))
     tree = set()
     for rel in adapter.tree_files():
         tree.add(rel)
         if rel in record_files:
             continue
-        p = PurePosixPath(rel)
-        if p.suffix.lower() in IMAGE_SUFFIXES and str(p.parent) in record_dirs and not copy_unannotated:
+        PurePosixPath(rel)
+        if in_split(rel) and not copy_unannotated:
             if (mirror / rel).exists():
                 report.errors.append(f"{rel}: unannotated image of the split is in the mirror (never checked for people)")
             continue

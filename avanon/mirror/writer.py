@@ -27,7 +27,7 @@ from avanon.anonymizers.strength import detail_kept
 from avanon.mirror.manifest import (
     RUN_FILE, MirrorError, _repair_tail, compact_manifest, manifest_name, read_manifest,
 )
-from avanon.mirror.plan import MirrorJob, image_seed, package_versions
+from avanon.mirror.plan import MirrorJob, image_seed, package_versions, split_image_rule
 from avanon.mirror.imageio import (
     IMAGE_SUFFIXES, ImageReadError, atomic_copy, atomic_write_bytes, encode_image, header_frame, read_image,
     sha256_bytes, sha256_file,
@@ -410,8 +410,7 @@ def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_i
     try:
         _write_images(adapter, job, workers, shard, dry_run, previous, manifest_path, summary, progress)
         record_files = {f for f, _ in index}
-        record_dirs = {str(PurePosixPath(f).parent) for f in record_files}
-        _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, job.link, shard, dry_run,
+        _mirror_tree(adapter, tree, out_dir, record_files, split_image_rule(record_files), summary, job.link, shard, dry_run,
                      copy_unannotated)
     finally:
         if not dry_run and n == 1:
@@ -473,12 +472,12 @@ def mirror_state(adapter: DatasetAdapter, out_dir: Path, copy_unannotated: bool)
     summary.recount(lines[f] for f, _ in index if f in lines)
     summary.dataset_problems = list(adapter.dataset_problems())
     record_files = {f for f, _ in index}
-    record_dirs = {str(PurePosixPath(f).parent) for f in record_files}
+    in_split = split_image_rule(record_files)
     for rel in adapter.tree_files():
         if rel in record_files:
             continue
-        p = PurePosixPath(rel)
-        if p.suffix.lower() in IMAGE_SUFFIXES and str(p.parent) in record_dirs and not copy_unannotated:
+        PurePosixPath(rel)
+        if in_split(rel) and not copy_unannotated:
             summary.unannotated += 1
         else:
             summary.tree_files += 1
@@ -502,7 +501,7 @@ def _same_content(src: Path, dst: Path) -> bool:
     return False
 
 
-def _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, link, shard, dry_run,
+def _mirror_tree(adapter, tree, out_dir, record_files, in_split, summary, link, shard, dry_run,
                  copy_unannotated):
     """Copy every other file of the dataset tree byte-identically. Images in the split's image directories
     that have no annotation record are left out unless asked for: nobody checked them for people. Only images
@@ -513,7 +512,7 @@ def _mirror_tree(adapter, tree, out_dir, record_files, record_dirs, summary, lin
             continue
         p = PurePosixPath(rel)
         is_image = p.suffix.lower() in IMAGE_SUFFIXES
-        if is_image and str(p.parent) in record_dirs and not copy_unannotated:
+        if in_split(rel) and not copy_unannotated:
             summary.unannotated += 1
             continue
         if not _in_shard(index, shard):
