@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -115,7 +115,6 @@ def verify_mirror(mirror: str | Path, source_root: Optional[str | Path] = None, 
         tree.add(rel)
         if rel in record_files:
             continue
-        PurePosixPath(rel)
         if in_split(rel) and not copy_unannotated:
             if (mirror / rel).exists():
                 report.errors.append(f"{rel}: unannotated image of the split is in the mirror (never checked for people)")

@@ -410,8 +410,8 @@ def _write_mirror(adapter, job, workers, shard, dry_run, copy_unannotated, run_i
     try:
         _write_images(adapter, job, workers, shard, dry_run, previous, manifest_path, summary, progress)
         record_files = {f for f, _ in index}
-        _mirror_tree(adapter, tree, out_dir, record_files, split_image_rule(record_files), summary, job.link, shard, dry_run,
-                     copy_unannotated)
+        _mirror_tree(adapter, tree, out_dir, record_files, split_image_rule(record_files), summary, job.link, shard,
+                     dry_run, copy_unannotated)
     finally:
         if not dry_run and n == 1:
             try:
@@ -476,7 +476,6 @@ def mirror_state(adapter: DatasetAdapter, out_dir: Path, copy_unannotated: bool)
     for rel in adapter.tree_files():
         if rel in record_files:
             continue
-        PurePosixPath(rel)
         if in_split(rel) and not copy_unannotated:
             summary.unannotated += 1
         else:
