@@ -32,6 +32,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "flip_prob": 0.5,
         "exif_frame": "auto",
         "workers": 2,  # DataLoader worker processes per training process
+        "eval_workers": None,  # DataLoader workers of the prediction after training (null: min(workers, 2))
+        "pin_memory": "auto",  # auto (on with CUDA) | true | false: page-locked batches, asynchronous copies
+        "prefetch_factor": 2,  # batches each worker loads ahead (with workers > 0)
+        "aspect_ratio_grouping": True,  # landscape and portrait images in separate batches (detectron2's rule)
         "drop_empty": False,  # drop training images without targets (default: keep them)
         "min_keypoints_per_image": 0,  # keypoints task: drop training images with fewer labelled keypoints
     },
@@ -58,15 +62,22 @@ DEFAULT_CONFIG: dict[str, Any] = {
         "warmup_factor": 0.001,  # linear warmup from lr * warmup_factor
         "clip_grad_norm": None,  # max total grad L2 norm, or null
         "amp": "none",  # none | fp16 (CUDA only, with GradScaler) | bf16 (CUDA or CPU autocast)
+        "channels_last": "auto",  # auto (on with CUDA) | true | false: NHWC memory format for the convolutions
     },
     "log_period": 20,
     "checkpoint_period": 5000,
     "test_batch_size": 1,
     "eval_after_train": True,  # predictions_{val_split}.json + metrics.json (avanon.study.evaluation) after training
+    "dist_timeout_minutes": 30,  # torch.distributed collectives (init_process_group's timeout), under torchrun
+    "eval_timeout_minutes": 1440,  # how long the other processes wait for rank 0's evaluation after predicting
 }
 # Keys that may differ between a run and its resume (they do not change the result).
 RUNTIME_KEYS = {("data", "workers"), ("log_period",), ("checkpoint_period",), ("device",), ("test_batch_size",),
-                ("eval_after_train",), ("threads",)}
+                ("eval_after_train",), ("threads",), ("data", "eval_workers"), ("data", "pin_memory"),
+                ("data", "prefetch_factor"), ("solver", "channels_last"), ("dist_timeout_minutes",),
+                ("eval_timeout_minutes",)}
+# Keys added after runs were written: a saved config.json without one ran with this value (else the default).
+LEGACY_VALUES = {("data", "aspect_ratio_grouping"): False}
 AMP_MODES = ("none", "fp16", "bf16")
 
 
@@ -129,7 +140,45 @@ def resolve_config(config: dict) -> dict:
         raise ConfigError("log_period and checkpoint_period must be >= 1")
     if cfg["device"] not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg['device']!r}")
+    d = cfg["data"]
+    for where, node, key in (("solver", s, "channels_last"), ("data", d, "pin_memory")):
+        if not isinstance(node[key], bool) and node[key] != "auto":
+            raise ConfigError(f"{where}.{key} must be auto, true or false, got {node[key]!r}")
+    if not isinstance(d["aspect_ratio_grouping"], bool):
+        raise ConfigError(f"data.aspect_ratio_grouping must be true or false, got {d['aspect_ratio_grouping']!r}")
+    for key in ("workers", "eval_workers", "prefetch_factor"):
+        v = d[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < (1 if key == "prefetch_factor"
+                                                                                    else 0)):
+            raise ConfigError(f"data.{key} must be an integer >= {1 if key == 'prefetch_factor' else 0}, got {v!r}")
+    for key in ("dist_timeout_minutes", "eval_timeout_minutes"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or cfg[key] <= 0:
+            raise ConfigError(f"{key} must be a number of minutes > 0, got {cfg[key]!r}")
     return cfg
+
+
+def resolve_flag(value, cuda: bool) -> bool:
+    """An auto | true | false option: auto means on with CUDA."""
+    return cuda if value == "auto" else bool(value)
+
+
+def upgrade_saved_config(saved: dict) -> tuple[dict, list[tuple]]:
+    """A run's config.json with the keys it predates filled in (LEGACY_VALUES, else the defaults), and the paths
+    of the keys it lacked."""
+    missing: list[tuple] = []
+
+    def fill(defaults: dict, node: dict, prefix: tuple) -> dict:
+        out = dict(node)
+        for key, value in defaults.items():
+            path = prefix + (key,)
+            if key not in node:
+                missing.append(path)
+                out[key] = copy.deepcopy(LEGACY_VALUES.get(path, value))
+            elif isinstance(value, dict) and key != "options" and isinstance(node[key], dict):
+                out[key] = fill(value, node[key], path)
+        return out
+
+    return fill(DEFAULT_CONFIG, saved, ()), missing
 
 
 def config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:

@@ -35,15 +35,23 @@ Choices (documented because they change what is trained on):
 Augmentation is only a random horizontal flip here (with COCO keypoint left/right swap); resizing (multi-scale in
 training, `min_size` list capped by `max_size`) is done by the model's `GeneralizedRCNNTransform`, as in
 torchvision. The flip of sample k of the training stream is drawn from a per-sample seed that the sampler
-passes in (see `avanon.study.training.engine.InfiniteSampler`), so augmentation does not depend on the number of
-DataLoader workers and is identical after a resume.
+passes in (`InfiniteSampler` below), so augmentation does not depend on the number of DataLoader workers and is
+identical after a resume.
+
+Batches (`train_loader`): the sample stream of `InfiniteSampler`, cut into batches of ``solver.batch_size`` images
+(all processes together). With ``aspect_ratio_grouping`` (the default, as detectron2 and torchvision's detection
+reference do) landscape images (width >= height) and portrait images (width < height) go to separate batches, so a
+batch pads less: `GroupedBatchSampler` walks the same stream and fills one bucket per orientation, emitting a
+bucket when it holds a full batch. When every image has one orientation (the synthetic demo data) the batches, their
+order and every sample's flip seed are exactly the ungrouped ones.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -134,12 +142,15 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __init__(self, adapter, image_root: Optional[str | Path] = None, *, task: str = "instance_segmentation",
                  train: bool = True, exclude_classes: Iterable[str] = (), flip_prob: float = 0.5,
                  exif_frame: str = "auto", drop_empty: bool = False, min_keypoints_per_image: int = 0,
-                 thing_classes: Optional[Sequence[str]] = None):
+                 thing_classes: Optional[Sequence[str]] = None, uint8_images: bool = False):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         self.task = task
         self.train = train
         self.adapter = adapter
+        # uint8 CHW images (4x less to pass between processes and to the GPU; `to_device_image` scales on the
+        # device) instead of float in [0, 1]
+        self.uint8_images = bool(uint8_images)
         self.flip_prob = float(flip_prob) if train else 0.0
         self.exif_frame = exif_frame
         self.root = Path(adapter.root)
@@ -215,6 +226,10 @@ class DetectionDataset(torch.utils.data.Dataset):
     def file_names(self) -> list[str]:
         return [s.file_name for s in self.samples]
 
+    def aspect_ratio_groups(self) -> list[int]:
+        """Per sample: 0 landscape or square (width >= height, annotation frame), 1 portrait."""
+        return [0 if s.width >= s.height else 1 for s in self.samples]
+
     def __getitem__(self, key):
         """key: an index, or (index, sample_seed) from the training sampler (the seed drives the flip)."""
         if isinstance(key, (tuple, list)):
@@ -234,7 +249,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             flip = bool(rng.random() < self.flip_prob)
         if flip:
             image, target = hflip(image, target)
-        return image.float().div_(255.0), target
+        return (image if self.uint8_images else image.float().div_(255.0)), target
 
     def _target(self, s: _Sample) -> dict[str, Any]:
         n = len(s.items)
@@ -288,3 +303,121 @@ def build_adapter_for(data_cfg: dict, split: str, root: Optional[str] = None):
     options = dict(data_cfg.get("options") or {})
     options.setdefault("categories", "all")
     return build_adapter(data_cfg["adapter"], root or data_cfg["root"], split, **options)
+
+
+def to_device_image(image: torch.Tensor, device) -> torch.Tensor:
+    """A dataset image on `device` as float in [0, 1] (uint8 images are scaled there, after the copy)."""
+    image = image.to(device, non_blocking=True)
+    return image.float().div_(255.0) if image.dtype == torch.uint8 else image
+
+
+# ------------------------------------------------------------------------------------------------- sampling
+
+
+def sample_seed(seed: int, position: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """An endless stream of (index, sample seed): epoch e is a permutation seeded by (seed, e); process `rank` of
+    `world_size` takes positions rank, rank + world_size, ... of the global stream (DistributedSampler's sharding,
+    without epochs), starting at `start` (a resume skips what was consumed, without loading it)."""
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0):
+        if size < 1:
+            raise ValueError("the training dataset is empty")
+        self.size, self.seed, self.rank, self.world_size, self.start = size, int(seed), rank, world_size, start
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
+
+    def positions(self, start: int = 0) -> Iterator[tuple[int, int]]:
+        """(position, index) pairs of the global stream from position `start`, unsharded."""
+        first_epoch = start // self.size
+        for epoch in itertools.count(first_epoch):
+            perm = self._perm(epoch).tolist()
+            offset = start - epoch * self.size if epoch == first_epoch else 0
+            for j in range(offset, self.size):
+                yield epoch * self.size + j, perm[j]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pos = self.start * self.world_size + self.rank
+        epoch, perm = -1, None
+        while True:
+            e = pos // self.size
+            if e != epoch:
+                epoch, perm = e, self._perm(e)
+            yield int(perm[pos % self.size]), sample_seed(self.seed, pos)
+            pos += self.world_size
+
+
+class GroupedBatchSampler(torch.utils.data.Sampler):
+    """Batches of (index, sample seed) with one aspect-ratio group each, from `InfiniteSampler`'s global stream.
+
+    groups: one group id per dataset index; batch_size: images per iteration over all processes. The stream is
+    walked in order; each sample goes to its group's bucket and a bucket is emitted as a batch when full, so a
+    batch holds the earliest unused samples of its group and every sample keeps the flip seed of its stream
+    position. Process `rank` of `world_size` takes items rank, rank + world_size, ... of each batch (with one group
+    that is exactly `InfiniteSampler`'s sharding). start: batches (iterations) already consumed; a resume replays
+    the stream's indices up to there (cheap: no image is read, no seed drawn), so it continues exactly.
+    """
+
+    def __init__(self, groups: Sequence[int], batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 start: int = 0):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+        self.groups = [int(g) for g in groups]
+        self.stream = InfiniteSampler(len(self.groups), seed)
+        self.batch_size, self.seed, self.rank, self.world_size = int(batch_size), int(seed), rank, world_size
+        self.start = int(start)
+
+    def global_batches(self, start: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """The batches of the run from iteration `start`, as (index, stream position) pairs."""
+        if len(set(self.groups)) == 1:  # one group: consecutive slices of the stream, nothing held back
+            stream = self.stream.positions(start * self.batch_size)
+            while True:
+                yield [(index, pos) for pos, index in itertools.islice(stream, self.batch_size)]
+        yield from self.bucketed(start)
+
+    def bucketed(self, start: int = 0) -> Iterator[list[tuple[int, int]]]:
+        """global_batches by walking the stream from position 0 (what any number of groups needs)."""
+        buckets: dict[int, list] = {}
+        emitted = 0
+        for pos, index in self.stream.positions():
+            bucket = buckets.setdefault(self.groups[index], [])
+            bucket.append((index, pos))
+            if len(bucket) == self.batch_size:
+                if emitted >= start:
+                    yield bucket
+                emitted += 1
+                buckets[self.groups[index]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.global_batches(self.start):
+            yield [(index, sample_seed(self.seed, pos)) for index, pos in batch[self.rank::self.world_size]]
+
+
+def _worker_init(worker_id: int) -> None:
+    import random
+
+    seed = torch.initial_seed() % 2**32  # DataLoader sets base_seed + worker_id from its own generator
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def train_loader(dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_iter: int = 0,
+                 aspect_ratio_grouping: bool = True, workers: int = 0, pin_memory: bool = False,
+                 prefetch_factor: int = 2) -> torch.utils.data.DataLoader:
+    """The endless training DataLoader of one process: batch_size // world_size images per batch, from iteration
+    `start_iter` of the stream (a resume), grouped by aspect ratio or not (module docstring)."""
+    per_rank = batch_size // world_size
+    common = dict(num_workers=workers, collate_fn=collate, worker_init_fn=_worker_init,
+                  generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
+                  persistent_workers=False,  # one iterator for the whole run: workers live as long anyway
+                  prefetch_factor=prefetch_factor if workers else None)
+    if aspect_ratio_grouping:
+        batches = GroupedBatchSampler(dataset.aspect_ratio_groups(), batch_size, seed, rank, world_size,
+                                      start=start_iter)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+    sampler = InfiniteSampler(len(dataset), seed, rank, world_size, start=start_iter * per_rank)
+    return torch.utils.data.DataLoader(dataset, batch_size=per_rank, sampler=sampler, **common)

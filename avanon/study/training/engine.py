@@ -20,7 +20,14 @@ Command line (one process, or one per GPU under torchrun: DDP, only rank 0 write
     torchrun --nproc_per_node=8 -m avanon.study.training --config run.yaml --out OUT
 
 ``solver.batch_size`` is the total batch of one iteration over all processes (detectron2's IMS_PER_BATCH), so
-the same config gives the same schedule on 1 or 8 GPUs.
+the same config gives the same schedule on 1 or 8 GPUs. Under DDP every process predicts a shard of the validation
+split and the results are gathered; rank 0 alone scores them while the others wait on a CPU group whose timeout is
+``eval_timeout_minutes`` (``dist_timeout_minutes`` is every other collective's).
+
+GPU throughput options (none changes a CPU run): ``solver.amp`` (fp16 with a GradScaler whose state is
+checkpointed, or bf16), ``solver.channels_last`` (auto: on with CUDA), ``data.pin_memory`` (auto: on with CUDA);
+on CUDA images travel as uint8 and are scaled on the device. ``data.aspect_ratio_grouping`` (default on) batches
+landscape and portrait images separately (`avanon.study.training.data`); with one orientation it changes nothing.
 
 Reproducibility. Seeds: torch (+ CUDA), numpy and random are seeded with ``seed + rank`` before the model is
 built; the training sample stream (`InfiniteSampler`) is a function of ``seed`` only, and each sample's flip is
@@ -45,7 +52,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -54,10 +61,13 @@ from torch.utils.data import DataLoader
 from avanon.progress import SmoothedRate, format_seconds, progress as progress_bar
 from avanon.study.training import data as tdata
 from avanon.study.training.config import (  # noqa: F401  (re-exported: the engine's config API)
-    AMP_MODES, CHECKPOINT, CONFIG, DEFAULT_CONFIG, LOG, MODEL_FINAL, RUNTIME_KEYS, ConfigError, config_diff,
-    load_config_file, resolve_config,
+    AMP_MODES, CHECKPOINT, CONFIG, DEFAULT_CONFIG, LEGACY_VALUES, LOG, MODEL_FINAL, RUNTIME_KEYS, ConfigError,
+    config_diff, load_config_file, resolve_config, resolve_flag, upgrade_saved_config,
 )
-from avanon.study.training.models import build_model
+from avanon.study.training.data import (  # noqa: F401  (re-exported: the samplers used to live here)
+    GroupedBatchSampler, InfiniteSampler, _worker_init, sample_seed,
+)
+from avanon.study.training.models import build_model, set_channels_last
 
 logger = logging.getLogger("avanon.study.training")
 
@@ -82,46 +92,21 @@ def _all_gather(obj):
     return out
 
 
-def _barrier():
+def _barrier(group=None):
     if _dist_on():
-        torch.distributed.barrier()
+        torch.distributed.barrier(group=group)
 
 
-# ------------------------------------------------------------------------------------------------- sampling
-
-
-def sample_seed(seed: int, position: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
-
-
-class InfiniteSampler(torch.utils.data.Sampler):
-    """An endless stream of (index, sample seed): epoch e is a permutation seeded by (seed, e); process `rank` of
-    `world_size` takes positions rank, rank + world_size, ... of the global stream (DistributedSampler's sharding,
-    without epochs), starting at `start` (a resume skips what was consumed, without loading it)."""
-
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0):
-        if size < 1:
-            raise ValueError("the training dataset is empty")
-        self.size, self.seed, self.rank, self.world_size, self.start = size, int(seed), rank, world_size, start
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.size)
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        pos = self.start * self.world_size + self.rank
-        epoch, perm = -1, None
-        while True:
-            e = pos // self.size
-            if e != epoch:
-                epoch, perm = e, self._perm(e)
-            yield int(perm[pos % self.size]), sample_seed(self.seed, pos)
-            pos += self.world_size
-
-
-def _worker_init(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32  # DataLoader sets base_seed + worker_id from its own generator
-    np.random.seed(seed)
-    random.seed(seed)
+def _init_distributed(cfg: dict):
+    """init_process_group under torchrun (timeout: dist_timeout_minutes) and a CPU (gloo) group with the long
+    eval_timeout_minutes, on which the other processes wait while rank 0 scores the predictions: a wait on the
+    default group would hit its timeout (NCCL's watchdog then aborts the job) when the evaluation is long."""
+    if not _dist_on():
+        backend = "nccl" if torch.cuda.is_available() and cfg["device"] != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend=backend,
+                                             timeout=datetime.timedelta(minutes=cfg["dist_timeout_minutes"]))
+    return torch.distributed.new_group(backend="gloo",
+                                       timeout=datetime.timedelta(minutes=cfg["eval_timeout_minutes"]))
 
 
 # --------------------------------------------------------------------------------------------------- solver
@@ -312,7 +297,7 @@ def outputs_to_coco(output: dict, image_id: int, label_to_category: Optional[dic
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, dataset, *, device: Optional[torch.device | str] = None, batch_size: int = 1,
-            workers: int = 0, amp: str = "none", progress: bool = False) -> list[dict]:
+            workers: int = 0, amp: str = "none", progress: bool = False, pin_memory: bool = False) -> list[dict]:
     """COCO result dicts for every image of `dataset` (a DetectionDataset, or any dataset of (image, target) with
     target["image_id"]). Under DDP each process predicts a shard and every process gets all results. progress: a
     bar over the images on a terminal (avanon.progress)."""
@@ -325,13 +310,13 @@ def predict(model: torch.nn.Module, dataset, *, device: Optional[torch.device | 
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if _dist_on() else (0, 1)
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
-                        num_workers=workers, collate_fn=tdata.collate)
+                        num_workers=workers, collate_fn=tdata.collate, pin_memory=pin_memory)
     l2c = _label_to_category(dataset) if hasattr(dataset, "thing_classes") else None
     results: list[dict] = []
     bar = progress_bar(len(indices), "predict", progress, unit="img")
     for images, targets in loader:
         with _autocast(amp if device.type == "cuda" or amp == "bf16" else "none", device):
-            outputs = net([im.to(device) for im in images])
+            outputs = net([tdata.to_device_image(im, device) for im in images])
         for out, tgt in zip(outputs, targets):
             out = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in out.items()}
             results += outputs_to_coco(out, tgt["image_id"], l2c)
@@ -398,9 +383,7 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
         raise MissingInitFile(missing_init_message(Path(init), cfg["task"], cfg["model"]["depth"], "model.init"))
     out_dir = Path(out_dir)
     rank, world, local_rank = dist_info()
-    if world > 1 and not _dist_on():
-        backend = "nccl" if torch.cuda.is_available() and cfg["device"] != "cpu" else "gloo"
-        torch.distributed.init_process_group(backend=backend)
+    wait_group = _init_distributed(cfg) if world > 1 else None
     main_process = rank == 0
     if not main_process:
         logger.setLevel(logging.WARNING)  # one log on stdout: rank 0's
@@ -411,6 +394,10 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
     saved_cfg = json.loads((out_dir / CONFIG).read_text()) if (out_dir / CONFIG).is_file() else None
     if resume or test_only:
         if saved_cfg is not None:
+            saved_cfg, predates = upgrade_saved_config(saved_cfg)
+            for path in set(predates) & set(LEGACY_VALUES):  # a run older than the option keeps its behaviour
+                cfg[path[0]][path[1]] = LEGACY_VALUES[path]
+                logger.info("%s predates %s: continuing with %r", out_dir, ".".join(path), LEGACY_VALUES[path])
             diff = config_diff(saved_cfg, cfg)
             if diff:
                 raise ConfigError(f"{out_dir} was run with another config: " + "; ".join(diff[:10]))
@@ -430,6 +417,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
         logger.warning("solver.amp fp16 needs CUDA; training in fp32 on %s", device)
         solver = dict(solver, amp="none")
     train_ds, val_ds = build_datasets(cfg, train=not test_only, val=True)
+    for ds in (train_ds, val_ds):
+        if ds is not None:
+            ds.uint8_images = device.type == "cuda"  # scaled to [0, 1] on the GPU: 4x less to copy
     ref = train_ds if train_ds is not None else val_ds
     if ref is None:
         raise ConfigError("test_only needs data.val_split to predict on")
@@ -437,9 +427,13 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
     model = model_from_config(cfg, classes).to(device)
     if world > 1 and cfg["model"]["norm"] == "sync_bn":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = resolve_flag(solver["channels_last"], device.type == "cuda")
+    if channels_last:
+        set_channels_last(model)
     start = {"event": "start", "time": datetime.datetime.now().isoformat(timespec="seconds"),
              "argv": argv if argv is not None else sys.argv, "out_dir": str(out_dir), "world_size": world,
              "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+             "amp": solver["amp"], "channels_last": channels_last,
              "thing_classes": list(classes), "init": getattr(model, "init_report", None), "resume": resume,
              "test_only": test_only, "train_images": len(train_ds) if train_ds is not None else None,
              "train_skipped": train_ds.skipped if train_ds is not None else None,
@@ -457,8 +451,11 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
     if val_ds is not None and (test_only or cfg["eval_after_train"]):
         t0 = time.perf_counter()
         logger.info("predicting and evaluating on %d %s images", len(val_ds), cfg["data"]["val_split"])
+        workers = cfg["data"]["eval_workers"]
         results = predict(model, val_ds, device=device, batch_size=cfg["test_batch_size"],
-                          workers=min(cfg["data"]["workers"], 2), amp=solver["amp"], progress=progress and main_process)
+                          workers=min(cfg["data"]["workers"], 2) if workers is None else workers, amp=solver["amp"],
+                          progress=progress and main_process,
+                          pin_memory=resolve_flag(cfg["data"]["pin_memory"], device.type == "cuda"))
         path = out_dir / f"predictions_{cfg['data']['val_split']}.json"
         if main_process:
             write_predictions(results, path)
@@ -472,7 +469,9 @@ def train(config: dict, out_dir: str | Path, *, resume: bool = False, test_only:
                 summary["metrics"] = metrics
     summary["time"] = datetime.datetime.now().isoformat(timespec="seconds")
     jlog.write(summary)
-    _barrier()
+    _barrier(wait_group)  # the others return once rank 0's files are written (eval_timeout_minutes)
+    if wait_group is not None:
+        torch.distributed.destroy_process_group(wait_group)
     return summary
 
 
@@ -489,7 +488,8 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["lr_scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty from a run without fp16 (e.g. started on CPU), which a live scaler refuses
+            scaler.load_state_dict(ckpt["scaler"])
         start_iter = int(ckpt["iteration"])
         states = ckpt["rng"]
         set_rng_state(states[rank] if rank < len(states) else states[0])
@@ -500,13 +500,12 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     total = int(solver["iterations"])
-    per_rank = solver["batch_size"] // world
-    sampler = InfiniteSampler(len(train_ds), cfg["seed"], rank, world, start=start_iter * per_rank)
-    workers = int(cfg["data"]["workers"])
-    loader = DataLoader(train_ds, batch_size=per_rank, sampler=sampler, num_workers=workers,
-                        collate_fn=tdata.collate, worker_init_fn=_worker_init,
-                        generator=torch.Generator().manual_seed(cfg["seed"]), pin_memory=device.type == "cuda",
-                        persistent_workers=False, prefetch_factor=2 if workers else None)
+    d = cfg["data"]
+    loader = tdata.train_loader(train_ds, batch_size=solver["batch_size"], seed=cfg["seed"], rank=rank,
+                                world_size=world, start_iter=start_iter,
+                                aspect_ratio_grouping=d["aspect_ratio_grouping"], workers=int(d["workers"]),
+                                pin_memory=resolve_flag(d["pin_memory"], device.type == "cuda"),
+                                prefetch_factor=int(d["prefetch_factor"]))
 
     def save(iteration: int) -> None:
         states = _all_gather(rng_state())
@@ -529,7 +528,7 @@ def _train_loop(cfg, solver, model, train_ds, device, out_dir, resume, jlog, ran
         t0 = time.perf_counter()
         images, targets = next(data_iter)
         t_data = time.perf_counter() - t0
-        images = [im.to(device, non_blocking=True) for im in images]
+        images = [tdata.to_device_image(im, device) for im in images]
         targets = [_to(t, device) for t in targets]
         lr = optimizer.param_groups[0]["lr"]
         with _autocast(solver["amp"], device):
