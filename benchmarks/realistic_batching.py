@@ -134,9 +134,9 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     if args.no_rowwise:
-        import avanon.anonymizers.realistic as realistic
+        import avanon.anonymizers.generator_cache as generator_cache
 
-        realistic.ROWWISE_LINEARS = False
+        generator_cache.ROWWISE_LINEARS = False
     if args.threads:
         torch.set_num_threads(args.threads)
     devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

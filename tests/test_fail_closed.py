@@ -20,6 +20,7 @@ from adapter_fixtures import (
     BddObject, box_mask, coco_ann, coco_image, make_cityscapes, write_bdd, write_coco,
     write_image, write_json,
 )
+from avanon.mirror import process as process_mod
 from avanon.mirror import writer as mirror_mod
 from avanon.cli import main
 from avanon.mirror.imageio import sha256_file
@@ -381,7 +382,7 @@ def test_unwritable_output_stops_with_a_message_and_a_compacted_manifest(dirs, c
                 raise PermissionError(13, "Permission denied", str(path))
         return real(path, data)
 
-    monkeypatch.setattr(mirror_mod, "atomic_write_bytes", eacces_on_second_image)
+    monkeypatch.setattr(process_mod, "atomic_write_bytes", eacces_on_second_image)
     code, text = anonymize("cityscapes", src, out, capsys)
     assert code == 2 and "Permission denied" in text and "Traceback" not in text, text
     mirror = mirror_of(out, "cityscapes")

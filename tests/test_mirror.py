@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from adapter_fixtures import make_cityscapes, make_coco
+from avanon.mirror import process as process_mod
 from avanon.mirror import writer as mirror_mod
 from avanon.cli import main
 from avanon.mirror.imageio import sha256_file
@@ -164,10 +165,10 @@ def test_full_disk_stops_cleanly_and_resumes(cityscapes, tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, data)
 
-    monkeypatch.setattr(mirror_mod, "atomic_write_bytes", full)
+    monkeypatch.setattr(process_mod, "atomic_write_bytes", full)  # every image write goes through process._write
     with pytest.raises(MirrorError, match="No space left"):
         _write(cityscapes, tmp_path / "anon")
-    monkeypatch.setattr(mirror_mod, "atomic_write_bytes", real)
+    monkeypatch.setattr(process_mod, "atomic_write_bytes", real)
     out, summary = _write(cityscapes, tmp_path / "anon")
     assert summary.failed == 0 and verify_mirror(out).clean
 

@@ -33,6 +33,9 @@ class Anonymizer:
 
     name: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    # Parameters that choose how the method runs (device, batch size, pipeline), not the pixels it writes: left
+    # out of a mirror's identity, so shards on different devices or with other batch sizes make one mirror.
+    runtime_params: ClassVar[frozenset] = frozenset()
 
     def __init__(self, params: Optional[Mapping[str, Any]] = None):
         if params is not None and not isinstance(params, Mapping):
@@ -72,6 +75,11 @@ class Anonymizer:
                 continue
             paste(out, region, self.anonymize_region(out, region, rng))
         return out
+
+    def precut(self, image: np.ndarray, regions: Sequence[Region], seed: int = 0) -> Optional[dict]:
+        """Work on the unchanged image that a worker process can do ahead of `anonymize` (the streaming
+        pipeline's CPU stage); None when there is none."""
+        return None
 
     def anonymize_region(self, image: np.ndarray, region: Region, rng: np.random.Generator) -> np.ndarray:
         """The anonymized pixels of one region, cut from the current `image` (do not modify it): an array of the

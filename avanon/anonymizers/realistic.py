@@ -19,14 +19,12 @@ optional HM (histogram.py), resize back to the expanded box (bicubic + antialias
 results of the ones before it: recursive stitching.
 
 Batching (beyond the reference, which runs every instance alone; ``batch``, default ``auto`` = on CUDA only, as
-on CPU a batch is not faster per instance): instances whose clip boxes (expanded box ∩ image) do not overlap
-cannot see each other's pixels, so they are grouped into waves (:func:`plan_waves`) and each wave runs through the
-generator in one forward pass per generator. A wave never contains two overlapping
-instances, and an instance joins a wave only when no earlier, not yet processed instance overlaps it, so every
-overlapping pair keeps its order: the result is the sequential one. To make it bit-identical, not just close, the
-generators' fully connected layers (the style affines) are evaluated row by row (a batched GEMM rounds differently
-from the batch-1 GEMV; convolutions and instance norm are already per-sample on CPU), which tests check. On CUDA
-cuDNN may pick other kernels per batch size, so batched and sequential agree to float rounding only there.
+on CPU a batch is not faster per instance): instances whose clip boxes (expanded box ∩ image) do not overlap cannot
+see each other's pixels, so they form waves (:func:`plan_waves`; overlapping pairs keep their order) and a wave runs
+in one forward pass per generator. :meth:`RealisticAnonymizer.steps` yields the waves one by one, so the mirror's
+streaming pipeline (avanon.mirror.stream) batches the waves of many images together. Bit-identical to the
+sequential result on CPU (tests): the style affines run row by row (a batched GEMM rounds differently from a
+batch-1 GEMV); on CUDA, cuDNN picks kernels per batch size, so results agree to float rounding only.
 
 HM / HM-LO (histogram.py) as the reference's HistogramMatchAnonymizer / LatentHistogramMatchAnonymizer. The
 reference's HM needs a person segmentation (maskrcnn_mask) and so works for bodies only; here faces use their
@@ -48,20 +46,15 @@ expanded box = the simple expansion (square of side 1.4·max(w, h) centred on th
 * ``fdf128``: the intended rule, the FDF128 expanded box (the Region's exp_box) has area >= 128².
 
 Weights: ``weights: null`` looks every checkpoint up in the cache (avanon.generators.weights.resolve); a mapping
-``{generator: path}`` names files (or directories) per generator (and ``"<generator>.w_centers": path`` a centres
-sidecar); a string is a directory holding the files; ``"random"`` builds randomly initialised generators with a
-fixed seed (tests and demos only; also in the tag). Missing checkpoints raise avanon.generators.weights.WeightsError at
-construction: with ``region_model: auto`` the region kind is not known yet, so construction fails when neither the
-face set (fdf128 [+ fdf256 for hr_faces]) nor the body set (triagan288 + nocse288) is complete, and
-:meth:`RealisticAnonymizer.check_weights` (kind) checks one kind exactly; an explicit ``region_model`` is checked
-exactly at construction. Generators are loaded lazily on first use (cached per process), so building the
-anonymizer to validate a recipe costs no model load.
+``{generator: path}`` names files per generator (``"<generator>.w_centers": path`` a centres sidecar); a string is a
+directory; ``"random"``: random generators from a fixed seed (tests and demos; in the tag). The writer calls
+:meth:`RealisticAnonymizer.check_weights` (kind) before any image; generators load lazily, cached per process.
 """
 from __future__ import annotations
 
-import threading
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Generator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -73,9 +66,12 @@ from avanon.anonymizers.crops import (box_size, cut_pad, from_unit, paste, resiz
 from avanon.anonymizers.histogram import HM_SIGMA, histogram_match, hmlo_optimize
 from avanon.anonymizers.waves import (  # noqa: F401  (re-exported)
     EFFECTIVE_HR_EXPANSION, FDF256_CROP, FDF256_EXPANSION, HR_CRITERIA, HR_MIN_AREA, boxes_overlap, fdf256_region, hr_qualifies,
-    plan_waves,
+    GenRequest, plan_waves, run_steps,
 )
-from avanon.anonymizers.latents import TRUNCATION_MODES, instance_seed, load_centers, resolve_device, sample_w
+from avanon.anonymizers.generator_cache import (  # noqa: F401  (re-exported)
+    _CACHE, _CACHE_LOCK, clear_cache, prepare_module, random_generator,
+)
+from avanon.anonymizers.latents import TRUNCATION_MODES, load_centers, resolve_device, sample_w
 from avanon.regions.base import Region
 
 FACE_MODELS = ("face_fdf128", "face_fdf256")
@@ -86,65 +82,11 @@ MODEL_KIND = {m: "face" for m in FACE_MODELS} | {m: "body" for m in BODY_MODELS}
 CROP_SIZE = {"face_fdf128": (128, 128), "face_fdf256": FDF256_CROP, "body_triagan288": (288, 160),
              "body_nocse288": (288, 160)}
 HISTOGRAM_MODES = ("none", "hm", "hmlo")
+PRECISIONS = ("fp32", "bf16", "fp16")
+PIPELINES = ("auto", "stream", "per_image")
 DEFAULT_MAX_BATCH = 16
 RANDOM = "random"
 SUFFIX_CENTERS = ".w_centers"
-
-
-# ----------------------------------------------------------------------------------------------------- generators
-_CACHE: dict = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def clear_cache() -> None:
-    """Forget the generators loaded in this process (they are shared by every RealisticAnonymizer)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
-def _rowwise_linears(G: torch.nn.Module) -> torch.nn.Module:
-    """Evaluate every fully connected layer one row at a time, so that a sample's result does not depend on the
-    batch it is in (MKL's GEMM for M > 1 and GEMV for M = 1 round differently). In place, idempotent."""
-    from avanon.generators.layers import FullyConnectedLayer
-
-    for m in G.modules():
-        if isinstance(m, (FullyConnectedLayer, torch.nn.Linear)) and not getattr(m, "_avanon_rowwise", False):
-            original = m.forward
-
-            def rowwise(x, _original=original):
-                if x.ndim == 2 and x.shape[0] > 1:
-                    return torch.cat([_original(x[i:i + 1]) for i in range(x.shape[0])])
-                return _original(x)
-
-            m.forward = rowwise
-            m._avanon_rowwise = True
-    return G
-
-
-def random_generator(name: str) -> torch.nn.Module:
-    """Generator `name` with random weights from a fixed seed (same in every process), w_avg = the mean of 4096
-    mapped samples and 512 mapped samples as multi-modal centres. For tests and demos only."""
-    from avanon.generators import build_generator
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(instance_seed(0, name, "random-weights"))
-        G = build_generator(name)
-    g = torch.Generator(device="cpu")
-    g.manual_seed(instance_seed(1, name, "random-weights"))
-    with torch.no_grad():
-        ws = G.style_net(torch.randn((4096, int(G.style_net.z_dim)), generator=g))
-        G.style_net.w_avg.copy_(ws.mean(0))
-        G.style_net.set_w_centers(ws[:512].clone())
-    return G.eval()
-
-
-ROWWISE_LINEARS = True  # benchmarks/realistic_batching.py --no-rowwise measures what it costs
-
-
-def _prepare_module(G: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    G = G.to(device).eval()
-    G.requires_grad_(False)  # HM-LO differentiates w.r.t. w only
-    return _rowwise_linears(G) if ROWWISE_LINEARS else G
 
 
 # ----------------------------------------------------------------------------------------------------- jobs
@@ -189,10 +131,18 @@ class RealisticAnonymizer(Anonymizer):
     truncation    auto (bodies multimodal, faces unimodal) | multimodal | unimodal | none
     truncation_value  t in [0, 1] for multimodal / unimodal (default 0, the reference's); null for none
     histogram     none | hm | hmlo;  hm_sigma (10);  hmlo_steps (100), hmlo_threshold (0.02), hmlo_lr (1e-3)
+    precision     fp32 (default) | bf16 | fp16: autocast of the generator (changes pixels: part of the mirror's
+                  identity and its tag)
+    Runtime parameters (how it runs, not what it writes; left out of the mirror's identity, so shards with other
+    devices or batch sizes join one mirror; on CUDA, results agree with CPU and across batch sizes to float
+    rounding only):
     device        auto | cpu | cuda[:i]
     batch         auto (default: true on CUDA, false on CPU, where batching measured slower per instance) |
                   true (waves of non-overlapping instances, at most 16 per forward) | false (batch 1, the
                   reference) | an integer maximum batch size; the output does not depend on it on CPU
+    channels_last auto (CUDA only) | true | false: the generators' memory format
+    pipeline      auto (stream on CUDA) | stream | per_image: how the mirror writer runs it (avanon.mirror.stream:
+                  crops of many images batched together, CPU work in worker processes)
     """
 
     name = "realistic"
@@ -208,9 +158,13 @@ class RealisticAnonymizer(Anonymizer):
         "hmlo_steps": 100,
         "hmlo_threshold": 0.02,
         "hmlo_lr": 1e-3,
+        "precision": "fp32",
         "device": "auto",
         "batch": "auto",
+        "channels_last": "auto",
+        "pipeline": "auto",
     }
+    runtime_params = frozenset({"device", "batch", "channels_last", "pipeline"})
 
     def __init__(self, params: Optional[Mapping[str, Any]] = None):
         super().__init__(params)
@@ -246,6 +200,10 @@ class RealisticAnonymizer(Anonymizer):
         device = p["device"]
         if not isinstance(device, str) or not (device in ("auto", "cpu") or device.startswith("cuda")):
             raise AnonymizerConfigError(f"{n}: parameter 'device' must be 'auto', 'cpu' or 'cuda[:i]', got {device!r}")
+        p["precision"] = check_choice(n, "precision", p["precision"], PRECISIONS)
+        if p["channels_last"] != "auto":
+            p["channels_last"] = _check_bool(n, "channels_last", p["channels_last"])
+        p["pipeline"] = check_choice(n, "pipeline", p["pipeline"], PIPELINES)
         batch = p["batch"]
         if batch == "auto":
             pass
@@ -299,6 +257,8 @@ class RealisticAnonymizer(Anonymizer):
                 tag += f"_thr{p['hmlo_threshold']:g}"
             if p["hmlo_lr"] != d["hmlo_lr"]:
                 tag += f"_lr{p['hmlo_lr']:g}"
+        if p["precision"] != "fp32":
+            tag += "_" + p["precision"]
         if p["weights"] == RANDOM:
             tag += "_randomweights"
         return tag
@@ -373,10 +333,11 @@ class RealisticAnonymizer(Anonymizer):
         device = self._device()
         needs_centers = self._needs_centers(model)
         if self._params["weights"] == RANDOM:
-            key = (model, RANDOM, None, str(device))
+            cl = self._channels_last(device)
+            key = (model, RANDOM, None, str(device), cl)
             with _CACHE_LOCK:
                 if key not in _CACHE:
-                    _CACHE[key] = _prepare_module(random_generator(model), device)
+                    _CACHE[key] = prepare_module(random_generator(model), device, cl)
         else:
             from avanon.generators import load_generator
             from avanon.generators.weights import WeightsError
@@ -385,7 +346,8 @@ class RealisticAnonymizer(Anonymizer):
             explicit = self._params["weights"].get(model + SUFFIX_CENTERS) \
                 if isinstance(self._params["weights"], Mapping) else None
             centers = (explicit or self._centers_path(model)) if needs_centers else None
-            key = (model, str(path), centers, str(device))
+            cl = self._channels_last(device)
+            key = (model, str(path), centers, str(device), cl)
             with _CACHE_LOCK:
                 if key not in _CACHE:
                     G = load_generator(model, path)
@@ -398,7 +360,7 @@ class RealisticAnonymizer(Anonymizer):
                             f"{path} has none. Compute them once with `avanon weights compute-centers {model}` "
                             f"(a sidecar file in the weights cache, picked up automatically), or name a centres "
                             f"file in weights['{model}{SUFFIX_CENTERS}'], or use truncation 'unimodal'.")
-                    _CACHE[key] = _prepare_module(G, device)
+                    _CACHE[key] = prepare_module(G, device, cl)
         self._generators[model] = _CACHE[key]
         return self._generators[model]
 
@@ -455,19 +417,52 @@ class RealisticAnonymizer(Anonymizer):
 
     # ------------------------------------------------------------------------------------------------- running
     def anonymize(self, image: np.ndarray, regions: Sequence[Region], seed: int = 0) -> np.ndarray:
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3
-                and image.shape[2] == 3):
-            raise ValueError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', None)} "
-                             f"{getattr(image, 'dtype', type(image).__name__)}")
         self.last_hmlo = []
+        max_batch = self._max_batch()
+        return run_steps(self.steps(image, regions, seed, waves=max_batch > 1),
+                         lambda request: self.collect(self.launch([request], max_batch))[0])
+
+    def steps(self, image: np.ndarray, regions: Sequence[Region], seed: int = 0, *, waves: bool = True,
+              precut: Optional[dict] = None) -> Generator[GenRequest, list, np.ndarray]:
+        """`anonymize` as a coroutine, so that a scheduler can batch the crops of many images (the streaming
+        pipeline, avanon.mirror.stream): yields one GenRequest per wave and generator, receives the generated crops
+        ([-1, 1] HxWx3 float32, in the request's order), pastes them, and returns the anonymized image. The image's
+        own order (passes, then waves) is kept, so the result does not depend on what else shares a batch.
+        waves: False processes every instance alone (the reference's order; same result on CPU).
+        precut: the first wave's crops cut ahead by :meth:`precut` (on the unchanged image, so they are equal)."""
+        _check_image(image)
         out = image.copy()
         imshape = image.shape[:2]
-        todo = [r for r in regions
-                if r.clip_box[2] > r.clip_box[0] and r.clip_box[3] > r.clip_box[1] and r.image_mask.any()]
-        self._run_pass(out, self._primary_jobs(todo, imshape), seed)
+        todo = _todo(regions)
+        yield from self._pass_steps(out, self._primary_jobs(todo, imshape), seed, waves, precut)
         if self._params["hr_faces"]:
-            self._run_pass(out, self._hr_jobs(todo, imshape), seed)
+            yield from self._pass_steps(out, self._hr_jobs(todo, imshape), seed, waves, None)
         return out
+
+    def precut(self, image: np.ndarray, regions: Sequence[Region], seed: int = 0) -> Optional[dict]:
+        """The crops of the first wave of the first pass (cut from the unchanged image): a worker's share of the
+        work in the streaming pipeline. Keys are job positions, as :meth:`steps` expects."""
+        _check_image(image)
+        jobs = self._primary_jobs(_todo(regions), image.shape[:2])
+        if not jobs:
+            return None
+        return {i: self._crop(image, jobs[i]) for i in plan_waves([j.region.clip_box for j in jobs])[0]}
+
+    def _pass_steps(self, out: np.ndarray, jobs: list[_Job], seed: int, waves: bool, precut: Optional[dict]):
+        if not jobs:
+            return
+        groups = plan_waves([j.region.clip_box for j in jobs]) if waves else [[i] for i in range(len(jobs))]
+        for n, wave in enumerate(groups):
+            by_model: dict[str, list[int]] = {}
+            for i in wave:
+                by_model.setdefault(jobs[i].model, []).append(i)
+            for model, idxs in by_model.items():
+                # instances of one wave are disjoint: pasting one does not change another's crop
+                cut = precut if (n == 0 and precut) else {}
+                crops = [cut[i] if i in cut else self._crop(out, jobs[i]) for i in idxs]
+                generated = yield GenRequest(model, [jobs[i] for i in idxs], crops, seed)
+                for i, c, x in zip(idxs, crops, generated):
+                    paste(out, jobs[i].region, self._patch(jobs[i], c, x))
 
     def _max_batch(self) -> int:
         b = self._params["batch"]
@@ -475,21 +470,51 @@ class RealisticAnonymizer(Anonymizer):
             return DEFAULT_MAX_BATCH if self._device().type == "cuda" else 1
         return DEFAULT_MAX_BATCH if b is True else 1 if b is False else int(b)
 
-    def _run_pass(self, out: np.ndarray, jobs: list[_Job], seed: int) -> None:
-        if not jobs:
-            return
-        max_batch = self._max_batch()
-        waves = plan_waves([j.region.clip_box for j in jobs]) if max_batch > 1 else [[i] for i in range(len(jobs))]
-        for wave in waves:
-            by_model: dict[str, list[int]] = {}
-            for i in wave:
-                by_model.setdefault(jobs[i].model, []).append(i)
-            for model, idxs in by_model.items():
-                for s in range(0, len(idxs), max_batch):
-                    chunk = [jobs[i] for i in idxs[s:s + max_batch]]
-                    # instances of one wave are disjoint: pasting one does not change another's crop
-                    for job, patch in zip(chunk, self._generate(out, chunk, seed)):
-                        paste(out, job.region, patch)
+    def use_stream(self) -> bool:
+        """Whether the mirror writer should run this anonymizer in the streaming pipeline (``pipeline``)."""
+        mode = self._params["pipeline"]
+        return mode == "stream" or (mode == "auto" and self._device().type == "cuda")
+
+    def stream_batch(self) -> int:
+        """Crops per forward pass in the streaming pipeline, gathered across images."""
+        return self._max_batch()
+
+    def launch(self, requests: Sequence[GenRequest], max_batch: Optional[int] = None):
+        """Start generating the crops of requests that share a generator, in forward passes of at most max_batch
+        crops; on CUDA the passes and the copies back to pinned host memory are queued, not waited for. Returns a
+        handle for :meth:`collect`."""
+        max_batch = max_batch or self.stream_batch()
+        model = requests[0].model
+        if any(r.model != model for r in requests):
+            raise ValueError("launch: requests of one call must share a generator")
+        items = [(r.seed, job, crop) for r in requests for job, crop in zip(r.jobs, r.crops)]
+        return requests, [self._forward(model, items[s:s + max_batch]) for s in range(0, len(items), max_batch)]
+
+    def collect(self, handle) -> list[list[np.ndarray]]:
+        """The generated crops of each request of a :meth:`launch` (waits for the device)."""
+        requests, outs = handle
+        arrays: list[np.ndarray] = []
+        for out in outs:
+            if isinstance(out, tuple):
+                host, event = out
+                event.synchronize()
+                out = host
+            arrays.extend(out.permute(0, 2, 3, 1).numpy())
+        result, k = [], 0
+        for r in requests:
+            result.append(arrays[k:k + len(r.jobs)])
+            k += len(r.jobs)
+        return result
+
+    def _autocast(self, device: torch.device):
+        precision = self._params["precision"]
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
+
+    def _channels_last(self, device: torch.device) -> bool:
+        c = self._params["channels_last"]
+        return device.type == "cuda" if c == "auto" else bool(c)
 
     def _crop(self, image: np.ndarray, job: _Job) -> _Crop:
         r = job.region
@@ -521,33 +546,54 @@ class RealisticAnonymizer(Anonymizer):
             inputs["joint_map"] = joint_map(kpt, ch, cw)
         return _Crop(inputs, small, undilated)
 
-    def _generate(self, image: np.ndarray, jobs: list[_Job], seed: int) -> list[np.ndarray]:
-        """Anonymized expanded-box patches (float32 [0, 255]) of jobs that share a generator."""
-        model = jobs[0].model
+    def _forward(self, model: str, items: list[tuple[int, _Job, _Crop]]):
+        """One forward pass (or one HM-LO optimisation) over (seed, job, crop) items; the [-1, 1] NCHW float32
+        result on the host, or (pinned host tensor, CUDA event) while the copy is in flight."""
         G = self.generator(model)
         device = self._device()
-        crops = [self._crop(image, job) for job in jobs]
-        batch = {k: torch.cat([c.inputs[k] for c in crops]).to(device) for k in crops[0].inputs}
+        crops = [c for _, _, c in items]
+        batch = {k: torch.cat([c.inputs[k] for c in crops]) for k in crops[0].inputs}
+        if device.type == "cuda":
+            memory = torch.channels_last if self._channels_last(device) else torch.contiguous_format
+            batch = {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: v.contiguous(memory_format=memory) if v.ndim == 4 else v for k, v in batch.items()}
         w = torch.cat([sample_w(G.style_net, job.truncation[0], job.truncation[1], seed, job.region.instance_id,
-                                job.salt) for job in jobs])
-        if self._params["histogram"] == "hmlo":
-            def forward(wa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-                idx = rows.to(device)
-                return G(**{k: v.index_select(0, idx) for k, v in batch.items()}, w=wa)["img"]
+                                job.salt) for seed, job, _ in items])
+        with self._autocast(device):
+            if self._params["histogram"] == "hmlo":
+                def forward(wa: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+                    idx = rows.to(device)
+                    return G(**{k: v.index_select(0, idx) for k, v in batch.items()}, w=wa)["img"].float()
 
-            result = hmlo_optimize(forward, (batch["img"] + 1) / 2, w, steps=self._params["hmlo_steps"],
-                                   threshold=self._params["hmlo_threshold"], lr=self._params["hmlo_lr"])
-            self.last_hmlo.append(result)
-            images = result.images
-        else:
-            with torch.inference_mode():
-                images = G(**batch, w=w)["img"]
-        images = images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-        patches = []
-        for job, c, x in zip(jobs, crops, images):
-            gen = from_unit(x)
-            if self._params["histogram"] == "hm":
-                gen = histogram_match(gen, c.real, c.undilated, float(self._params["hm_sigma"]))
-            patches.append(resize_from_crop(gen, box_size(job.region.exp_box)))
-        return patches
+                result = hmlo_optimize(forward, (batch["img"].float() + 1) / 2, w, steps=self._params["hmlo_steps"],
+                                       threshold=self._params["hmlo_threshold"], lr=self._params["hmlo_lr"])
+                self.last_hmlo.append(result)
+                images = result.images
+            else:
+                with torch.inference_mode():
+                    images = G(**batch, w=w)["img"]
+        images = images.detach().float()
+        if device.type != "cuda":
+            return images.cpu()
+        host = torch.empty(images.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(images.contiguous(), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
 
+    def _patch(self, job: _Job, crop: _Crop, x: np.ndarray) -> np.ndarray:
+        """A generated crop ([-1, 1]) as the expanded box's pixels (float32 [0, 255]): HM, then resized back."""
+        gen = from_unit(x)
+        if self._params["histogram"] == "hm":
+            gen = histogram_match(gen, crop.real, crop.undilated, float(self._params["hm_sigma"]))
+        return resize_from_crop(gen, box_size(job.region.exp_box))
+
+
+def _check_image(image: np.ndarray) -> None:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise ValueError(f"image must be an HxWx3 uint8 array, got {getattr(image, 'shape', None)} "
+                         f"{getattr(image, 'dtype', type(image).__name__)}")
+
+
+def _todo(regions: Sequence[Region]) -> list[Region]:
+    return [r for r in regions if r.clip_box[2] > r.clip_box[0] and r.clip_box[3] > r.clip_box[1] and r.image_mask.any()]

@@ -3,7 +3,8 @@
 face regions of faces large enough for them."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Optional, Sequence
 
 import numpy as np
 
@@ -111,3 +112,23 @@ def fdf256_region(region: Region, imshape: tuple[int, int]) -> Optional[Region]:
     return Region(instance_id=region.instance_id, kind="face", exp_box=exp_box, crop_size=size, crop_mask=crop_mask,
                   clip_box=clip, image_mask=image_mask, area=region.area, face_box=region.face_box,
                   extra={**(region.extra or {}), "face_box_int": box_i, "expansion": "simple0.4"})
+
+
+# ----------------------------------------------------------------------------------------------------- requests
+@dataclass
+class GenRequest:
+    """Crops of one image that run through one generator together: one wave's instances (pairwise disjoint)."""
+    model: str
+    jobs: list
+    crops: list
+    seed: int  # the image's seed (latents are drawn per (seed, instance))
+
+
+def run_steps(steps: Generator, fulfil: Callable[[GenRequest], list]) -> Any:
+    """Drive an anonymizer coroutine to its end, answering each request with fulfil(request); its return value."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(fulfil(request))
+    except StopIteration as stop:
+        return stop.value

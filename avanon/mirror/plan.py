@@ -41,15 +41,38 @@ class MirrorJob:
     split: str = "train"
 
     def settings(self) -> dict:
-        """What makes two runs produce the same mirror (paths excluded so a moved dataset still resumes)."""
+        """What makes two runs produce the same mirror (paths excluded so a moved dataset still resumes; the
+        method's runtime parameters excluded so that shards on other devices or batch sizes join one mirror)."""
         d = asdict(self)
         for key in ("out_dir", "source_root", "link"):
             d.pop(key)
         d["target_categories"] = list(self.target_categories)
+        d["method_params"] = self.identity_params()
         return d
 
     def settings_hash(self) -> str:
         return config_hash(self.settings())
+
+    def runtime_params(self) -> dict:
+        """The method's parameters that choose how it runs, not what it writes (device, batch size, pipeline)."""
+        keys = runtime_keys(self.method)
+        return {k: v for k, v in self.method_params.items() if k in keys}
+
+    def identity_params(self) -> dict:
+        """The method's parameters that decide the output's pixels (recorded in run.json and every manifest line)."""
+        keys = runtime_keys(self.method)
+        return {k: v for k, v in self.method_params.items() if k not in keys}
+
+    def tools_key(self) -> str:
+        """A process's cached selector and anonymizer are reused only for the same settings AND runtime."""
+        return config_hash({"settings": self.settings(), "runtime": self.runtime_params()})
+
+
+def runtime_keys(method: str) -> frozenset:
+    """The runtime parameter names of a registered anonymizer (Anonymizer.runtime_params)."""
+    from avanon.anonymizers import ANONYMIZERS
+
+    return ANONYMIZERS.get(method).runtime_params if method in ANONYMIZERS else frozenset()
 
 
 
