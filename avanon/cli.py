@@ -1,5 +1,5 @@
-"""The `avanon` command line: a thin layer. Each stage adds its own subcommands (pipeline: run, anonymize; mirror:
-inspect, verify, merge, show; study: train, report, regress; generators: weights; recipe: show, schema).
+"""The `avanon` command line: a thin layer. Each stage adds its own subcommands (pipeline: run, slurm, anonymize;
+mirror: inspect, verify, merge, show; study: train, report, regress; generators: weights; recipe: show, schema).
 
 Exit codes: 0 success; 1 finished but not clean (failed images, a mirror that does not verify, a regression);
 2 bad input (recipe, dataset, paths) or a run that had to stop (full disk, permissions).
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import sys
 from typing import Optional
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="avanon", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"avanon {__version__}")
+    p.add_argument("--import", dest="plugins", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: a plugin that registers a trainer (or another registry entry) that "
+                        "recipes name; `run --gpus` and `slurm` pass it on to their processes")
     _verbosity(p, 0)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     pipeline.add_commands(sub)
@@ -73,6 +77,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     from avanon.schema import RecipeError
     from dataset_adapters import DatasetError
 
+    for module in args.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            print(f"avanon: error: --import {module}: {exc}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except (RecipeError, DatasetError, MirrorError) as exc:

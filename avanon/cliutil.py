@@ -27,6 +27,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_gpus(text: str) -> list[int]:
+    """`--gpus`: a list of CUDA device ids ("0,1,2,3"; "3," is device 3 alone) or a count ("4" means 0,1,2,3)."""
+    parts = [x.strip() for x in text.split(",")]
+    if len(parts) > 1 and parts[-1] == "":
+        parts = parts[:-1]  # "3,": a one-device list, not a count
+    elif len(parts) == 1:
+        try:
+            count = int(parts[0])
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--gpus expects device ids (0,1,2,3) or a count (4), got {text!r}") \
+                from None
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"--gpus {text}: a count must be at least 1 (device 0 alone: --gpus 0, "
+                                             "or --gpus 1)")
+        return list(range(count))
+    ids = []
+    for x in parts:
+        if not x.isdigit():  # not an int, negative, empty ("0,,1"), a UUID or a MIG name
+            raise argparse.ArgumentTypeError(f"--gpus {text}: {x!r} is not a device id (a non-negative integer)")
+        ids.append(int(x))
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise argparse.ArgumentTypeError(f"--gpus {text}: device {', '.join(map(str, dupes))} given twice")
+    return ids
+
+
 def kv_list(items: Optional[list[str]], flag: str) -> dict:
     import yaml
 

@@ -31,12 +31,13 @@ EXTRAS = {
                         install='pip install -c constraints.txt -e ".[faster-eval]"'),
     "detector": dict(modules={"requests": "requests"}, also=["facenet_pytorch"],
                      install=f'pip install -c constraints.txt -e ".[detector]" && {DETECTOR_NO_DEPS}'),
+    "slurm": dict(modules={"submitit": "submitit"}, also=[], install='pip install -c constraints.txt -e ".[slurm]"'),
     "mmdet": dict(modules={"mmengine": "mmengine", "mmdet": "mmdet"}, also=[],
                   install='pip install -e ".[mmdet]" plus a compiled mmcv 2.x (MMDET_INSTALL in '
                           'avanon/study/training/trainers.py)'),
 }
 # The extras CI and the README's test command install (mmdet needs a compiled mmcv: never in CI).
-CI_EXTRAS = {"test", "faster-eval", "detector"}
+CI_EXTRAS = {"test", "faster-eval", "detector", "slurm"}
 # Floors the code needs (pyproject must admit this version and reject anything older).
 FLOORS = {
     "torch": "2.3",  # torch.amp.GradScaler("cuda")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from typing import Optional
@@ -19,6 +20,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pth")
     p.add_argument("--test-only", action="store_true", help="load OUT/model_final.pth (or the checkpoint), predict")
     p.add_argument("--trainer", default="torchvision", help="torchvision (default) or mmdet")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (a plugin that registers its trainer; `avanon run --gpus` passes the "
+                        "study trainer's module)")
     return p
 
 
@@ -37,10 +41,13 @@ def cmd_train(args, command: list[str]) -> int:
     from avanon.study.training.trainers import TRAINERS, TrainerUnavailable
 
     try:
+        for module in getattr(args, "imports", None) or []:
+            importlib.import_module(module)
         cfg = load_config_file(args.config, args.set)
         summary = TRAINERS.get(args.trainer)(cfg, args.out, resume=args.resume, test_only=args.test_only,
                                              argv=command)
-    except (ConfigError, InitWeightsError, TrainerUnavailable, DatasetError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, InitWeightsError, TrainerUnavailable, DatasetError, FileNotFoundError, KeyError,
+            ImportError) as e:
         print(f"avanon.study.training: error: {e}", file=sys.stderr)
         return 2
     if dist_info()[0] == 0:
