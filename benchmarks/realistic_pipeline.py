@@ -4,8 +4,8 @@ path and the reference's batch-1 sequential path, on synthetic Cityscapes-size a
 Three ways to write the same mirror (same settings hash; on CPU the same bytes):
 
 * ``stream``      pipeline=stream: CPU work in worker processes, crops of many images in one forward pass
-                  (avanon.mirror.stream), batch 16;
-* ``per_image``   pipeline=per_image, batch 16: one image at a time, waves of its own people batched;
+                  (avanon.mirror.stream), batch auto (16 on CUDA; 1 on CPU, where batches are slower per crop);
+* ``per_image``   pipeline=per_image, batch auto: each image in a worker, waves of its own people batched;
 * ``batch1``      pipeline=per_image, batch=false: every person alone, as the reference.
 
 Besides images/s the script prints the share of the wall time the device spends in the generator's forward passes
@@ -31,8 +31,8 @@ from avanon.anonymizers.realistic import RealisticAnonymizer
 from avanon.cli import main
 
 SIZES = {"cityscapes": ("cityscapes", [1024, 2048]), "coco": ("coco", [480, 640])}
-MODES = {"stream": ["pipeline=stream", "batch=16"], "per_image": ["pipeline=per_image", "batch=16"],
-         "batch1": ["pipeline=per_image", "batch=false"]}
+MODES = {"stream": ["pipeline=stream", "batch=auto"], "per_image": ["pipeline=per_image", "batch=auto"],
+         "batch1": ["pipeline=per_image", "batch=false"]}  # batch auto: 16 on CUDA, 1 on CPU (faster there)
 
 
 class ForwardTimer:

@@ -245,6 +245,7 @@ def test_realistic_stream_is_bit_identical_to_the_per_image_path(cityscapes, tmp
     per_image = run("per", "pipeline=per_image")
     streamed = run("stream", "pipeline=stream", "batch=4", workers=workers)
     assert stream.STATS["images"] == 2 and stream.STATS["max_batch_crops"] >= 2  # crops of two images together
+    assert stream.STATS["requests"] > stream.STATS["images"]  # overlapping people: an image needed several waves
     assert _tree(per_image) == _tree(streamed)
     runtime = json.loads((streamed / "summary.json").read_text())["this_run"]["runtime"]
     assert runtime["pipeline_used"] == "stream" and runtime["device_used"] == "cpu"

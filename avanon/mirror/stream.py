@@ -84,7 +84,7 @@ def stream_results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[d
     max_active = max_active or max(4, 2 * max_batch, 2 * workers)
     source = _prepared(job, items, workers)
     STATS.clear()
-    STATS.update(max_active=0, batches=0, crops=0, max_batch_crops=0, images=0)
+    STATS.update(max_active=0, batches=0, crops=0, max_batch_crops=0, images=0, requests=0)
     keys = itertools.count()
     active: set[int] = set()  # keys of the images between stage 1 and the end of stage 3
     waiting: deque = deque()  # (_Image, GenRequest) in arrival order
@@ -101,6 +101,7 @@ def stream_results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[d
                 raise error
             img.request = next(img.steps) if answer is None else img.steps.send(answer)
             waiting.append((img, img.request))
+            STATS["requests"] += 1
         except StopIteration as stop:
             writes[pool.submit(finish_image, job, img.prepared, stop.value)] = img.key
         except MirrorError:
@@ -130,6 +131,7 @@ def stream_results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[d
         return _Batch(items)
 
     def launch(batch: _Batch) -> _Batch:
+        anonymizer.last_hmlo = []  # diagnostics of the last batch only: memory stays flat on long runs
         try:
             batch.handle = anonymizer.launch([req for _, req in batch.items], max_batch)
         except MirrorError:
