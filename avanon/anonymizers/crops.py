@@ -111,5 +111,24 @@ def paste(image: np.ndarray, region: Region, patch: np.ndarray) -> None:
         raise ValueError(f"region {region.instance_id}: patch shape {patch.shape[:2]} is neither the "
                          f"expanded box {box_size(region.exp_box)} nor the clip box {clip_hw}")
     if patch.dtype != np.uint8:
-        patch = round_uint8(patch)
-    np.copyto(image[y0:y1, x0:x1], patch, where=region.image_mask[..., None])
+        patch = round_uint8_fast(patch)
+    _masked_copy(image[y0:y1, x0:x1], patch, region.image_mask)
+
+
+def round_uint8_fast(a: np.ndarray) -> np.ndarray:
+    """round_uint8 (half to even, clamped) in one pass for float32 HxWxC arrays (cv2's saturating conversion
+    rounds the same way: round to nearest even, then clamp); round_uint8 otherwise."""
+    if a.dtype == np.float32 and a.ndim == 3 and a.shape[2] <= 4 and a.strides[1:] == (a.shape[2] * 4, 4):
+        return cv2.multiply(a, 1.0, dtype=cv2.CV_8U).reshape(a.shape)
+    return round_uint8(a)
+
+
+def _masked_copy(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
+    """np.copyto(dst, src, where=mask[..., None]) for uint8 HxWxC arrays; with cv2's masked copy when dst is an
+    in-place-writable view (numpy's masked copy is ~20x slower)."""
+    if (src.ndim == 3 and src.shape[2] <= 4 and dst.shape == src.shape and mask.dtype == bool
+            and dst.strides[1:] == (dst.shape[2], 1)):
+        res = cv2.copyTo(np.ascontiguousarray(src), np.ascontiguousarray(mask).view(np.uint8), dst)
+        if res.ctypes.data == dst.ctypes.data:
+            return
+    np.copyto(dst, src, where=mask[..., None])
