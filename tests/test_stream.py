@@ -270,9 +270,27 @@ def test_realistic_stream_on_cuda_agrees_with_cpu_to_rounding(cityscapes, tmp_pa
     gpu = run("gpu", "cuda", "pipeline=stream", "batch=4")
     runtime = json.loads((gpu / "summary.json").read_text())["this_run"]["runtime"]
     assert runtime["device_used"].startswith("cuda") and "last bits" in runtime["note"]
+    assert main(["verify", str(gpu), "--no-progress"]) == 0  # recomputed per image: equal to CUDA rounding
     for f, line in _manifest(cpu).items():
         if line["status"] != "anonymized":
             continue
         a = cv2.imread(str(cpu / f)).astype(int)
         b = cv2.imread(str(gpu / f)).astype(int)
         assert np.abs(a - b).mean() < 1.0 and np.percentile(np.abs(a - b), 99.9) <= 8
+
+
+def test_verify_allows_cuda_rounding_but_not_a_leak():
+    """Pixels made on CUDA are compared per tile within DEVICE_TILE_TOLERANCE; an original pasted back is not."""
+    from avanon.mirror.verify import VerifyReport, _compare_tiles
+
+    rng = np.random.default_rng(0)
+    want = rng.integers(20, 230, (64, 64, 3), dtype=np.uint8)
+    source = rng.integers(20, 230, (64, 64, 3), dtype=np.uint8)
+    owner = np.zeros((64, 64), np.int32)
+    noisy = (want.astype(int) + rng.integers(-2, 3, want.shape)).clip(0, 255).astype(np.uint8)  # rounding
+    leak = want.copy()
+    leak[16:32, 16:32] = source[16:32, 16:32]  # a face-sized patch of the original
+    for got, rounded, ok in ((noisy, False, False), (noisy, True, True), (leak, True, False)):
+        report = VerifyReport(mirror="m")
+        _compare_tiles("x.png", got, want, owner, [], True, report, rounded)
+        assert (not report.errors) == ok, (rounded, report.errors)

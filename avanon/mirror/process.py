@@ -197,6 +197,9 @@ def prepare_image(job: MirrorJob, record: ImageRecord, write: bool = True, previ
         if loaded is None:
             loaded = read_image(src, (record.width, record.height), job.exif_frame, data=source)
         regions = list(selection.regions)
+        device = getattr(anonymizer, "_device", None)
+        if device is not None:  # where the pixels are made: verify allows for CUDA's rounding
+            line["device"] = str(device())
         cut = anonymizer.precut(loaded.pixels, regions, seed) if precut else None
         return PreparedImage(line, dst, loaded, regions, seed, cut)
     except MirrorError:  # the mirror cannot be written: stop the run
