@@ -8,7 +8,7 @@ from avanon.cli import main
 from avanon.recipe import load_recipe
 from dataset_adapters.synthetic import generate
 
-RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml") if p.stem != "demo")
+RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml") if not p.stem.startswith("demo"))
 
 
 @pytest.fixture(scope="module")

@@ -115,30 +115,125 @@ class TorchvisionTopDown:
 
 
 
-class MMPoseTopDown:
-    """mmpose (>= 1.0) top-down model, e.g. ViTPose as the paper; only when mmpose is importable."""
+# COCO's 17 keypoints in COCO (= detectron2) order: the order of every provider's rows (the file provider's
+# reference rows, the annotations, torchvision's Keypoint R-CNN).
+COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                       "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                       "right_knee", "left_ankle", "right_ankle")
+MMPOSE_BUILTIN = "td-hm_res50_coco-256x192"
+MMPOSE_RANDOM = "random"
 
-    def __init__(self, config: str, checkpoint: Path, device: str = "cpu"):
+
+def mmpose_builtin_config(name: str = MMPOSE_BUILTIN) -> dict:
+    """The built-in mmpose (>= 1.0) model config: a top-down heatmap model (SimpleBaseline: ResNet-50 and three
+    deconvolutions, MSRA heatmaps 48x64 for a 192x256 input, COCO's 17 keypoints), the architecture of mmpose's
+    `td-hm_res50_8xb64-210e_coco-256x192` model-zoo entry, so its published checkpoint loads into it. Inference
+    settings only (no training schedule); flip test off."""
+    if name != MMPOSE_BUILTIN:
+        raise KeypointConfigError(f"keypoints.estimator.mmpose_config: unknown built-in {name!r}; give a config "
+                                  f"file or {MMPOSE_BUILTIN!r}")
+    codec = {"type": "MSRAHeatmap", "input_size": (192, 256), "heatmap_size": (48, 64), "sigma": 2}
+    return {
+        "default_scope": "mmpose",
+        "codec": codec,
+        "model": {
+            "type": "TopdownPoseEstimator",
+            "data_preprocessor": {"type": "PoseDataPreprocessor", "mean": [123.675, 116.28, 103.53],
+                                  "std": [58.395, 57.12, 57.375], "bgr_to_rgb": True},
+            "backbone": {"type": "ResNet", "depth": 50},
+            "head": {"type": "HeatmapHead", "in_channels": 2048, "out_channels": NUM_KEYPOINTS,
+                     "loss": {"type": "KeypointMSELoss", "use_target_weight": True}, "decoder": codec},
+            "test_cfg": {"flip_test": False}},
+        # the dataset type names the keypoints (mmpose's COCO metainfo: names, flip pairs) for init_model
+        "train_dataloader": {"dataset": {"type": "CocoDataset"}},
+        "test_dataloader": {"dataset": {"type": "CocoDataset", "pipeline": [
+            {"type": "LoadImage"}, {"type": "GetBBoxCenterScale"},
+            {"type": "TopdownAffine", "input_size": (192, 256)}, {"type": "PackPoseInputs"}]}},
+    }
+
+
+def mmpose_weights_hint(given: Optional[str], config: str) -> str:
+    where = f"{given} is not a local file. " if given else "no mmpose_checkpoint given. "
+    return (f"keypoints.estimator (backend mmpose): {where}Download the checkpoint that matches mmpose_config "
+            f"({config}) from mmpose's model zoo on a machine with internet access (for the built-in "
+            f"{MMPOSE_BUILTIN}: the COCO 256x192 SimpleBaseline ResNet-50 checkpoint; for ViTPose as in Paper F: a "
+            f"ViTPose config file and its checkpoint), copy it here and pass mmpose_checkpoint=/path/to/file.pth. "
+            f"avanon never downloads weights. mmpose_checkpoint: {MMPOSE_RANDOM} builds a randomly initialised model "
+            f"(pipeline checks only: its keypoints are noise).")
+
+
+class MMPoseTopDown:
+    """An mmpose (>= 1.0) top-down model (e.g. ViTPose as the paper, or the built-in SimpleBaseline ResNet-50); only
+    when mmpose is importable. Its keypoints are returned in COCO order, mapped by the names in the model's
+    dataset_meta (a COCO-WholeBody model gives its 17 body keypoints)."""
+
+    def __init__(self, config: str, checkpoint: Optional[Path], device: str = "cpu", seed: int = 0):
         try:
             from mmpose.apis import inference_topdown, init_model
         except Exception as exc:
             raise KeypointConfigError(
                 "keypoints.estimator: backend 'mmpose' needs mmpose >= 1.0 (with mmcv and mmengine) importable, "
-                f"which failed: {type(exc).__name__}: {exc}. The default backend 'torchvision' needs nothing "
-                "extra.") from None
-        if device == "auto":
-            import torch
+                f"which failed: {type(exc).__name__}: {exc}. scripts/install_openmmlab.sh installs it "
+                "(docs/openmmlab.md); the default backend 'torchvision' needs nothing extra.") from None
+        import torch
 
+        if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if config == MMPOSE_BUILTIN:
+            from mmengine.config import Config
+
+            model_config = Config(mmpose_builtin_config(config))
+        else:
+            model_config = config
         self._infer = inference_topdown
-        self.model = init_model(config, str(checkpoint), device=device)
+        if checkpoint is None:  # random initialisation, reproducible
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = init_model(model_config, None, device=device)
+        else:
+            with _torch_full_load():
+                self.model = init_model(model_config, str(checkpoint), device=device)
+        self.index = _coco_index(getattr(self.model, "dataset_meta", None) or {})
 
     def __call__(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """image (H, W, 3) uint8 RGB, boxes (N, 4) float xyxy -> xy (N, 17, 2), confidence (N, 17), COCO order."""
         results = self._infer(self.model, np.ascontiguousarray(image[..., ::-1]), bboxes=np.asarray(boxes),
                               bbox_format="xyxy")
         xy = np.stack([np.asarray(r.pred_instances.keypoints)[0] for r in results]).astype(np.float32)
         conf = np.stack([np.asarray(r.pred_instances.keypoint_scores)[0] for r in results]).astype(np.float32)
-        return xy[..., :2], conf
+        return xy[:, self.index, :2], conf[:, self.index]
+
+
+def _coco_index(meta: dict) -> np.ndarray:
+    """Column of each COCO keypoint (COCO order) in a model's output, from its dataset_meta's names."""
+    names = meta.get("keypoint_id2name")
+    if not names:
+        if int(meta.get("num_keypoints", NUM_KEYPOINTS)) != NUM_KEYPOINTS:
+            raise KeypointConfigError("keypoints.estimator: the mmpose model names no keypoints and does not have "
+                                      f"COCO's {NUM_KEYPOINTS}")
+        return np.arange(NUM_KEYPOINTS)
+    by_name = {str(n): int(i) for i, n in names.items()}
+    missing = [n for n in COCO_KEYPOINT_NAMES if n not in by_name]
+    if missing:
+        raise KeypointConfigError(f"keypoints.estimator: the mmpose model's keypoints lack COCO's "
+                                  f"{', '.join(missing)}; it needs COCO (or COCO-WholeBody) keypoints")
+    return np.array([by_name[n] for n in COCO_KEYPOINT_NAMES])
+
+
+class _torch_full_load:
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 while an mmpose checkpoint (which holds more than tensors) is read."""
+
+    key = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+    def __enter__(self):
+        self.before = os.environ.get(self.key)
+        os.environ[self.key] = "1"
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            os.environ.pop(self.key, None)
+        else:
+            os.environ[self.key] = self.before
 
 
 
@@ -150,8 +245,10 @@ class EstimatorKeypointProvider(KeypointProvider):
     default: torch's hub cache), device (cpu | cuda | auto), min_size / max_size (torchvision's resize, 800 / 1333),
     confidence (torchvision: local_softmax = spatial-softmax mass within one heatmap bin of the peak, softmax =
     peak probability, logit = torchvision's raw keypoint score), box_padding (0.0), categories (default: the target
-    categories when given, else every category), mmpose_config / mmpose_checkpoint (mmpose backend), threshold
-    (0.3), strict.
+    categories when given, else every category), mmpose_config (mmpose backend: a model config file, default the
+    built-in td-hm_res50_coco-256x192) / mmpose_checkpoint (a local checkpoint file, or "random" for a randomly
+    initialised model: pipeline checks only), threshold (0.3), strict. Every backend returns COCO-order keypoints
+    in image coordinates, the format of the file provider.
 
     Keypoint R-CNN's heatmaps are trained with a spatial softmax and carry no visibility, so no confidence of it is
     calibrated like ViTPose's heatmap peaks; check the threshold on real weights with
@@ -192,15 +289,21 @@ class EstimatorKeypointProvider(KeypointProvider):
             self.model = TorchvisionTopDown(path, self.device, self.min_size, self.max_size, self.confidence)
         else:
             self.confidence = "heatmap"
-            config, ckpt = p.get("mmpose_config"), p.get("mmpose_checkpoint")
-            if not isinstance(config, str) or not isinstance(ckpt, str):
-                raise KeypointConfigError("keypoints.estimator: backend 'mmpose' needs mmpose_config (a model config "
-                                          "file) and mmpose_checkpoint (a local checkpoint file)")
-            if "://" in ckpt or not Path(ckpt).is_file():
-                raise KeypointConfigError(f"keypoints.estimator.mmpose_checkpoint: {ckpt} is not a local file "
-                                          "(avanon never downloads weights)")
-            self.weights = Path(ckpt)
-            self.model = MMPoseTopDown(config, self.weights, self.device)
+            config, ckpt = p.get("mmpose_config", MMPOSE_BUILTIN), p.get("mmpose_checkpoint")
+            if not isinstance(config, str):
+                raise KeypointConfigError(f"keypoints.estimator.mmpose_config: expected a config file or "
+                                          f"{MMPOSE_BUILTIN!r}, got {config!r}")
+            if config != MMPOSE_BUILTIN and not Path(os.path.expanduser(config)).is_file():
+                raise KeypointConfigError(f"keypoints.estimator.mmpose_config: {config} is not a file (give an "
+                                          f"mmpose model config file, or leave it out for {MMPOSE_BUILTIN!r})")
+            if ckpt is not None and not isinstance(ckpt, str):
+                raise KeypointConfigError(f"keypoints.estimator.mmpose_checkpoint: expected a file name, got {ckpt!r}")
+            local = ckpt is not None and "://" not in ckpt and Path(os.path.expanduser(ckpt)).is_file()
+            if ckpt != MMPOSE_RANDOM and not local:
+                raise KeypointConfigError(mmpose_weights_hint(ckpt, config))
+            self.mmpose_config = config if config == MMPOSE_BUILTIN else os.path.expanduser(config)
+            self.weights = None if ckpt == MMPOSE_RANDOM else Path(os.path.expanduser(ckpt))
+            self.model = MMPoseTopDown(self.mmpose_config, self.weights, self.device)
 
     def boxes(self, record: ImageRecord) -> tuple[list[Instance], np.ndarray]:
         """The instances the estimator runs on and their (padded, clipped) boxes."""
@@ -231,11 +334,13 @@ class EstimatorKeypointProvider(KeypointProvider):
         return found
 
     def describe(self):
-        d = {**super().describe(), "backend": self.backend, "weights": str(self.weights),
-             "weights_size": self.weights.stat().st_size, "device": self.device, "box_padding": self.box_padding,
+        d = {**super().describe(), "backend": self.backend,
+             "weights": str(self.weights) if self.weights is not None else MMPOSE_RANDOM,
+             "weights_size": self.weights.stat().st_size if self.weights is not None else 0,
+             "device": self.device, "box_padding": self.box_padding,
              "confidence": self.confidence, "categories": list(self.categories) if self.categories else None}
         if self.backend == "torchvision":
             d.update(min_size=self.min_size, max_size=self.max_size, model="keypointrcnn_resnet50_fpn")
         else:
-            d.update(mmpose_config=self.params.get("mmpose_config"))
+            d.update(mmpose_config=self.mmpose_config)
         return d

@@ -12,9 +12,16 @@ torchvision trainer's.
 Differences from the torchvision trainer that remain (documented, not hidden): mmdet keeps crowd annotations as
 ignore regions during training (torchvision drops them); mmdet's RoIAlign uses ``sampling_ratio=0`` (adaptive) and
 its box coder target stds (0.1, 0.1, 0.2, 0.2) equal torchvision's weights (10, 10, 5, 5); images are decoded by
-mmcv (cv2, EXIF orientation applied = ``exif_frame: oriented``). A COCO *detector* init must be an MMDetection
-checkpoint (``load_from``); an ImageNet init is a torchvision ResNet state dict, whose key names mmdet's ResNet
-shares.
+mmcv (cv2, EXIF orientation applied = ``exif_frame: oriented``); mmdet draws flips and sizes from numpy's global RNG
+and samples RPN / ROI targets from torch's, so the same seed gives the same run on the same machine but not the
+torchvision trainer's sample stream. A COCO *detector* init must be an MMDetection checkpoint (``load_from``); an
+ImageNet init is a torchvision ResNet state dict, whose key names mmdet's ResNet shares.
+
+The text is a complete config (no ``_base_`` files; mmengine's ``Config.fromfile`` reads it), including a validation
+loop with mmdet's CocoMetric at the last iteration. The ``mmdet`` trainer (avanon.study.training.trainers) runs it
+without that validation and instead predicts the original validation split itself and scores it with
+avanon.study.evaluation, like the torchvision trainer. The one resume file is
+``OUT/checkpoint.pth`` (overwritten every ``checkpoint_period`` iterations), as the torchvision trainer's.
 """
 from __future__ import annotations
 
@@ -228,7 +235,7 @@ def mmdet_config_dict(cfg: dict, classes: Sequence[str], train_ann: str, val_ann
         "train_dataloader": {
             "batch_size": s["batch_size"] // num_gpus, "num_workers": int(d["workers"]),
             "persistent_workers": bool(d["workers"]),
-            "sampler": {"type": "InfiniteSampler", "shuffle": True},
+            "sampler": {"type": "InfiniteSampler", "shuffle": True, "seed": int(cfg["seed"])},
             "batch_sampler": {"type": "AspectRatioBatchSampler"},
             "dataset": {"type": "CocoDataset", "data_root": "", "metainfo": metainfo, "ann_file": str(train_ann),
                         "data_prefix": {"img": image_root},
@@ -249,8 +256,11 @@ def mmdet_config_dict(cfg: dict, classes: Sequence[str], train_ann: str, val_ann
             "timer": {"type": "IterTimerHook"},
             "logger": {"type": "LoggerHook", "interval": int(cfg["log_period"])},
             "param_scheduler": {"type": "ParamSchedulerHook"},
+            # one resume file, OUT/checkpoint.pth, overwritten in place like the torchvision trainer's (the study
+            # runner resumes a run that has it); max_keep_ckpts -1: with one file name mmengine would delete the
+            # checkpoint it just wrote
             "checkpoint": {"type": "CheckpointHook", "by_epoch": False, "interval": int(cfg["checkpoint_period"]),
-                           "max_keep_ckpts": 1, "save_last": True},
+                           "filename_tmpl": "checkpoint.pth", "max_keep_ckpts": -1, "save_last": True},
             "sampler_seed": {"type": "DistSamplerSeedHook"},
             "visualization": {"type": "DetVisualizationHook"}},
         "env_cfg": {"cudnn_benchmark": False, "mp_cfg": {"mp_start_method": "fork", "opencv_num_threads": 0},
