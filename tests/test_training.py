@@ -430,7 +430,7 @@ def test_mmdet_run_files_and_missing_backend(root, tmp_path):
         assert "mmcv" in str(e) and "torchvision" in str(e)
         with pytest.raises(TrainerUnavailable):
             TRAINERS.get("mmdet")(cfg, tmp_path / "mm2")
-    assert TRAINERS.names() == ["mmdet", "torchvision"]
+    assert {"mmdet", "torchvision"} <= set(TRAINERS.names())  # the built-ins (tests may register more)
 
 
 def test_mmdet_trains_when_installed(root, tmp_path):
