@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from training_fixtures import TINY, one_thread  # noqa: F401  (an autouse fixture)
 
 
 def _openmmlab_missing() -> str | None:
@@ -42,20 +43,7 @@ pytestmark = [
 
 # The torchvision tests' tiny widths (tests/test_training.py): an iteration on 64x128 images takes a fraction of
 # a second.
-TINY = {"fpn_channels": 32, "representation_size": 64, "mask_head_channels": 32, "mask_head_layers": 1,
-        "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "box_score_thresh": 0.0}
 SYNTHETIC = {"format": "cityscapes", "num_train": 4, "num_val": 2, "seed": 0, "image_size": [64, 128]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,22 +22,10 @@ from avanon.study.training.models import (
     InitWeightsError, MissingInitFile, build_model, init_kind, published_urls,
 )
 from avanon.study.training.trainers import TRAINERS, TrainerUnavailable, check_mmdet, prepare_mmdet_run
+from training_fixtures import TINY, one_thread  # noqa: F401  (an autouse fixture)
 
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
 # torchvision's widths cut down so that an iteration on 64x128 images takes a fraction of a second
-TINY = {"fpn_channels": 32, "representation_size": 64, "mask_head_channels": 32, "mask_head_layers": 1,
-        "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "box_score_thresh": 0.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is as fast, and immune to other processes on a 2-core machine (two OpenMP threads
-    spin-wait for each other when the cores are oversubscribed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

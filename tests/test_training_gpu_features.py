@@ -20,18 +20,7 @@ from avanon.study.training import data as tdata
 from avanon.study.training import engine
 from avanon.study.training.config import ConfigError, resolve_config, resolve_flag, upgrade_saved_config
 from avanon.study.training.models import build_model, set_channels_last
-
-TINY = {"fpn_channels": 32, "representation_size": 64, "mask_head_channels": 32, "mask_head_layers": 1,
-        "rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100,
-        "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "box_score_thresh": 0.0}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from training_fixtures import TINY, one_thread  # noqa: F401  (an autouse fixture)
 
 
 @pytest.fixture(scope="module")
