@@ -81,6 +81,8 @@ SCHEMA: dict[str, Any] = {
 
 METHOD_ENTRY_KEYS = {"region", "method", "params", "name", "variant"}
 # Sections that a stage declares and checks itself (see avanon.schema): name -> (field, validator).
+# Directories beside the mirrors under OUT/ADAPTER/ (study runs, shard logs): no mirror may take these names.
+RESERVED_MIRROR_NAMES = frozenset({"study", "logs"})
 SECTIONS: dict[str, tuple[Field, Callable[[dict, str], None]]] = {"study": (STUDY_FIELD, validate_study)}
 SCHEMA.update({name: field for name, (field, _) in SECTIONS.items()})
 
@@ -138,6 +140,10 @@ def _validate_anonymize(entries: list, src: str) -> list[dict]:
                                                                       resolved["name"]):
             raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is not a valid directory name (letters, "
                               "digits, '_', '-', '.'; not starting with '.')")
+        if resolved["name"] in RESERVED_MIRROR_NAMES:
+            raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is reserved: OUT/ADAPTER/{resolved['name']}/ "
+                              "holds the study's runs or the shard logs, which must never land inside a mirror; "
+                              "give the entry another name")
         if resolved["name"] in seen:
             raise RecipeError(f"{src}: {key}.name: {resolved['name']!r} is used twice; give one entry another name")
         seen.add(resolved["name"])

@@ -44,6 +44,9 @@ def test_defaults_are_filled_and_mirror_names_derived():
     (_base(anonymize=[{"region": "body", "method": "blur", "params": {"sigmaa": 3}}]), "anonymize[0].params"),
     (_base(anonymize=[{"region": "body", "method": "blur", "colour": 1}]), "anonymize[0].colour"),
     (_base(anonymize=[{"region": "body", "method": "blur"}, {"region": "body", "method": "blur"}]), "used twice"),
+    # the study's runs and the shard logs live in OUT/ADAPTER/study and OUT/ADAPTER/logs: never inside a mirror
+    (_base(anonymize=[{"region": "body", "method": "blur", "name": "study"}]), "anonymize[0].name: 'study' is reserved"),
+    (_base(anonymize=[{"region": "body", "method": "blur", "name": "logs"}]), "anonymize[0].name: 'logs' is reserved"),
 ])
 def test_bad_recipes_name_file_and_key(tmp_path, data, key):
     with pytest.raises(RecipeError) as exc:

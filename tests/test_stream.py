@@ -34,7 +34,7 @@ class StreamFill(Anonymizer):
     `fail_seed` raises."""
 
     name = "test_stream_fill"
-    defaults = {"batch": 4, "fail_seed": None, "pipeline": "stream"}
+    defaults = {"batch": 4, "fail_seed": None, "pipeline": "stream", "short": False}
     runtime_params = frozenset({"batch", "pipeline"})
     launched: list = []
 
@@ -67,7 +67,10 @@ class StreamFill(Anonymizer):
         StreamFill.launched.append(n)
         if any(r.seed == self._params["fail_seed"] for r in requests):
             raise RuntimeError("simulated device failure")
-        return [[(v * 7 + r.seed) % 251 for v in r.crops] for r in requests]
+        answers = [[(v * 7 + r.seed) % 251 for v in r.crops] for r in requests]
+        if self._params["short"]:  # a broken generator: one crop missing from each answer
+            answers = [a[:-1] for a in answers]
+        return answers
 
     def collect(self, handle):
         return handle
@@ -294,3 +297,15 @@ def test_verify_allows_cuda_rounding_but_not_a_leak():
         report = VerifyReport(mirror="m")
         _compare_tiles("x.png", got, want, owner, [], True, report, rounded)
         assert (not report.errors) == ok, (rounded, report.errors)
+
+
+def test_an_answer_missing_a_crop_fails_the_image_instead_of_leaving_a_person(tiny_dataset, tmp_path):
+    """A generator that returns fewer crops than it was given must not leave the missing person unpasted (in the
+    clear): the scheduler checks every answer's length and fails the image."""
+    assert _fill(tiny_dataset, tmp_path / "short", "--param", "short=true") == 1
+    mirror = tmp_path / "short" / "synthetic" / "fill"
+    lines = _manifest(mirror)
+    needing = [f for f, line in lines.items() if line.get("anonymized")]
+    assert needing and all(lines[f]["status"] == "failed" and "crops for a request" in lines[f]["error"]
+                           for f in needing)
+    assert not any((mirror / f).exists() for f in needing)

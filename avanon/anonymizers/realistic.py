@@ -461,7 +461,7 @@ class RealisticAnonymizer(Anonymizer):
                 cut = precut if (n == 0 and precut) else {}
                 crops = [cut[i] if i in cut else self._crop(out, jobs[i]) for i in idxs]
                 generated = yield GenRequest(model, [jobs[i] for i in idxs], crops, seed)
-                for i, c, x in zip(idxs, crops, generated):
+                for i, c, x in zip(idxs, crops, generated, strict=True):  # every crop pasted, or an error
                     paste(out, jobs[i].region, self._patch(jobs[i], c, x))
 
     def _max_batch(self) -> int:

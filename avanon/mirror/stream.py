@@ -154,8 +154,13 @@ def stream_results(job: MirrorJob, items: Iterable[tuple[ImageRecord, Optional[d
             for item in batch.items:
                 complete(launch(_Batch([item])))
             return
-        for k, (img, _) in enumerate(batch.items):
-            advance(img, answers[k] if answers is not None else None, batch.error)
+        for k, (img, req) in enumerate(batch.items):
+            error = batch.error
+            if error is None and (answers is None or k >= len(answers) or len(answers[k]) != len(req.jobs)):
+                # an answer that does not cover every crop would leave a person unpasted: fail the image instead
+                error = RuntimeError(f"the generator returned {len(answers[k]) if answers and k < len(answers) else 0}"
+                                     f" crops for a request of {len(req.jobs)}")
+            advance(img, answers[k] if error is None else None, error)
 
     def collect_writes(block: bool) -> None:
         if not writes:
